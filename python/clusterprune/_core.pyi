@@ -1,0 +1,26 @@
+"""Type stubs of the Rust extension (rust/python)."""
+
+import numpy as np
+import numpy.typing as npt
+
+WARD_MAX_N: int
+
+def kmeans(
+    units: npt.NDArray[np.float32],
+    k: int,
+    *,
+    seed: int = 0,
+    max_iter: int = 100,
+    tol: float = 0.0,
+    init: str = "auto",
+    num_threads: int | None = None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], float, list[float], int, bool, str]: ...
+def top_k(scores: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]: ...
+def uniform_plan(units: list[int], sparsity: float) -> list[int]: ...
+def variance_plan(
+    units: list[int], variances: list[float], groups: list[int], sparsity: float, factor: float
+) -> list[int]: ...
+def f16_to_f32(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
+def bf16_to_f32(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
+def f32_to_f16(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]: ...
+def f32_to_bf16(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]: ...

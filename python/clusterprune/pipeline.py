@@ -1,0 +1,280 @@
+"""Executes a plan: one module at a time from the memory-mapped source, written straight into the
+destination files; the destination appears (atomic rename) only when complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import INDEX, Checkpoint
+from .engine import kmeans, top_k
+from .errors import InvalidArgumentError, OutputExistsError
+from .fusion import expand, fold, relabel_by_first_member
+from .plan import ModulePlan, Plan, make_plan
+from .progress import Progress
+from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
+from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, Recipe, make_recipe
+from .unitmap import ModuleSpec, Part, from_units, to_units
+
+EXPORTS = ("fused", "folded")
+PLAN_FILE = "clusterprune_plan.json"
+FOLDED_KEY = "clusterprune_folded"
+METADATA_KEY = "clusterprune"
+
+
+@dataclass
+class ModuleResult:
+    name: str
+    n_units: int
+    k: int
+    rel_wcss: float  # within-cluster (or removed) sum of squares / module's sum of squares
+    n_iter: int
+    init: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Report:
+    plan: Plan
+    export: str
+    destination: str
+    modules: list[ModuleResult] = field(default_factory=list)
+    bytes_before: int = 0
+    bytes_after: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.plan.to_dict()
+        results = {m.name: m for m in self.modules}
+        for row in d["modules"]:
+            if row["name"] in results:
+                r = results[row["name"]]
+                row.update(rel_wcss=r.rel_wcss, n_iter=r.n_iter, init=r.init, seconds=r.seconds)
+        d.update(
+            clusterprune_version=__version__,
+            export=self.export,
+            destination=self.destination,
+            bytes_before=self.bytes_before,
+            bytes_after=self.bytes_after,
+            seconds=self.seconds,
+        )
+        return d
+
+
+def group_units(
+    parts: list[tuple[Part, np.ndarray]], k: int, recipe: Recipe, seed: int, num_threads: int | None = None
+) -> tuple[np.ndarray, float, int, str]:
+    """labels (cluster per unit, -1 removed), relative WCSS, Lloyd iterations, init used."""
+    n = parts[0][1].shape[0]
+    if recipe.method == "magnitude":
+        keep = top_k(SCORES[recipe.score](parts), k)
+        labels = np.full(n, -1, dtype=np.int64)
+        labels[keep] = np.arange(k)
+        blocks = FEATURES[recipe.feature](parts)
+        energy = sum(np.sum(b * b, axis=1) for b in blocks)
+        total = float(np.sum(energy))
+        removed = float(np.sum(energy[labels < 0]))
+        return labels, (removed / total if total > 0 else 0.0), 0, "-"
+    features = np.concatenate(WEIGHTINGS[recipe.weighting](FEATURES[recipe.feature](parts)), axis=1)
+    total = float(np.sum(features * features))
+    result = kmeans(features, k, seed, init=recipe.init, max_iter=recipe.max_iter, num_threads=num_threads)
+    labels = relabel_by_first_member(result.assignments)
+    return labels, (result.inertia / total if total > 0 else 0.0), result.n_iter, result.init
+
+
+def _output_shapes(ckpt: Checkpoint, plan: Plan, export: str) -> dict[str, tuple[int, ...]]:
+    shapes = {name: ckpt.info(name).shape for name in ckpt.names()}
+    if export == "folded":
+        for m in plan.modules:
+            spec = plan.specs[m.name]
+            for part in spec.parts:
+                width = m.k * spec.unit_rows
+                shapes[part.tensor] = {
+                    "producer": (width, spec.hidden),
+                    "bias": (width,),
+                    "consumer": (spec.hidden, width),
+                }[part.role]
+    return shapes
+
+
+def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
+    s, d = src.resolve(), dst.resolve()
+    if d == s or s in d.parents:
+        raise OutputExistsError(f"{dst}: destination is the source checkpoint or inside it")
+    if d in s.parents:
+        raise OutputExistsError(f"{dst}: destination contains the source checkpoint")
+    if dst.exists() and not overwrite:
+        raise OutputExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
+    if dst.exists() and not dst.is_dir():
+        raise OutputExistsError(f"{dst}: exists and is not a directory")
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.rename(dst, old / "x")
+        os.rename(tmp, dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dst)
+
+
+def execute(
+    plan: Plan,
+    ckpt: Checkpoint,
+    dst: str | os.PathLike[str],
+    *,
+    export: str = "fused",
+    overwrite: bool = False,
+    progress: bool | None = None,
+    num_threads: int | None = None,
+) -> Report:
+    """Writes the compressed checkpoint of ``plan`` to ``dst`` (atomically)."""
+    if export not in EXPORTS:
+        raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
+    dst = Path(dst)
+    _check_destination(ckpt.path, dst, overwrite)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    report = Report(plan=plan, export=export, destination=str(dst))
+    shapes = _output_shapes(ckpt, plan, export)
+    meta_plan = {
+        "version": __version__,
+        "export": export,
+        "recipe": plan.recipe.to_dict(),
+        "sparsity": plan.sparsity,
+        "seed": plan.seed,
+        "modules": {m.name: [m.n_units, m.k] for m in plan.modules},
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    writers: dict[str, SafetensorsWriter] = {}
+    try:
+        _copy_aux_files(ckpt, tmp, plan, export)
+        for fname, f in ckpt.files.items():
+            names = [n for n in ckpt.names() if ckpt.where[n] == fname]
+            entries = [(n, ckpt.info(n).dtype, shapes[n]) for n in names]
+            metadata = {**f.metadata, "format": f.metadata.get("format", "pt"), METADATA_KEY: json.dumps(meta_plan)}
+            writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
+        done: set[str] = set()
+        bar = Progress(len(plan.modules), "compress", progress)
+        for m in plan.modules:
+            spec = plan.specs[m.name]
+            report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, num_threads))
+            done.update(p.tensor for p in spec.parts)
+            bar.update(m.name)
+        for name in ckpt.names():
+            if name not in done:
+                writers[ckpt.where[name]].write(name, ckpt.raw_bytes(name))
+        for w in writers.values():
+            w.close()
+        writers = {}
+        if ckpt.index is not None:
+            _write_index(ckpt, tmp, shapes)
+        report.bytes_before = sum(ckpt.info(n).numel * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names())
+        report.bytes_after = sum(
+            int(np.prod(shapes[n], dtype=np.int64)) * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names()
+        )
+        if export == "fused":  # same shapes on disk; report what the folded model would take
+            report.bytes_after = report.bytes_before - sum(
+                (m.n_units - m.k)
+                * m.params_per_unit
+                * STORAGE[ckpt.info(plan.specs[m.name].parts[0].tensor).dtype].itemsize
+                for m in plan.modules
+            )
+        report.seconds = time.monotonic() - started
+        (tmp / PLAN_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        _publish(tmp, dst)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _compress_module(
+    ckpt: Checkpoint,
+    spec: ModuleSpec,
+    m: ModulePlan,
+    plan: Plan,
+    export: str,
+    writers: dict[str, SafetensorsWriter],
+    num_threads: int | None,
+) -> ModuleResult:
+    t0 = time.monotonic()
+    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
+    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, num_threads)
+    folded = fold(parts, labels, m.k, FUSIONS[plan.recipe.fusion])
+    new_parts = folded if export == "folded" else expand(folded, labels, m.k)
+    for part, units in new_parts:
+        tensor = from_units(units.astype(np.float32), spec, part)
+        writers[ckpt.where[part.tensor]].write(part.tensor, from_f32(tensor, ckpt.info(part.tensor).dtype))
+    return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
+
+
+def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:
+    """Everything but the weights is carried over (config, tokenizer, preprocessor, generation
+    config, ...); a folded export records its per-module unit counts in config.json."""
+    skip = set(ckpt.weight_files)
+    for entry in sorted(ckpt.path.iterdir()):
+        if entry.name in skip or entry.name == PLAN_FILE:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, tmp / entry.name)
+        else:
+            shutil.copy2(entry, tmp / entry.name)
+    config = dict(ckpt.config)
+    config.pop(FOLDED_KEY, None)
+    if export == "folded":
+        config[FOLDED_KEY] = {"modules": {m.name: m.k for m in plan.modules}, "version": __version__}
+    if export == "folded" or FOLDED_KEY in ckpt.config:
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _write_index(ckpt: Checkpoint, tmp: Path, shapes: dict[str, tuple[int, ...]]) -> None:
+    index = dict(ckpt.index or {})
+    total = sum(int(np.prod(shapes[n], dtype=np.int64)) * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names())
+    index["metadata"] = {**dict(index.get("metadata") or {}), "total_size": total}
+    (tmp / INDEX).write_text(json.dumps(index, indent=2))
+
+
+def compress(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    sparsity: float = 0.1,
+    *,
+    recipe: str = "paper",
+    export: str = "fused",
+    seed: int = 0,
+    include: str | None = None,
+    exclude: str | None = None,
+    k_overrides: dict[str, int] | None = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    num_threads: int | None = None,
+    **options: Any,
+) -> Report:
+    """Compresses the checkpoint directory ``src`` into ``dst``.
+
+    ``options`` override the recipe's choices: method, allocation, feature, weighting, fusion,
+    score, variance_groups, high_factor, init, max_iter.
+    """
+    chosen = make_recipe(recipe, **options)
+    if export not in EXPORTS:
+        raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
+    with Checkpoint(src) as ckpt:
+        _check_destination(ckpt.path, Path(dst), overwrite)
+        plan = make_plan(ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed)
+        return execute(plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, num_threads=num_threads)

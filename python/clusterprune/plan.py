@@ -1,0 +1,221 @@
+"""The compression plan: which modules are compressed and how many units (K) each keeps.
+
+A plan is computed from the weights alone (shapes, variances), validated against config.json,
+and can be inspected before anything is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .checkpoint import Checkpoint
+from .errors import (
+    CorruptCheckpointError,
+    InvalidArgumentError,
+    NonFiniteError,
+    ShapeMismatchError,
+    UnsupportedModelError,
+)
+from .safetensors_io import FLOAT_DTYPES, first_non_finite
+from .strategies import FEATURES, Recipe
+from .unitmap import ModuleSpec, UnitMap, unit_map
+
+COMPUTE_DTYPES = ("F32", "F16", "BF16")
+
+
+@dataclass(frozen=True)
+class ModulePlan:
+    name: str
+    kind: str
+    module_type: str
+    layer: int
+    n_units: int
+    k: int
+    variance: float
+    params_per_unit: int
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.k / self.n_units
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "module_type": self.module_type,
+            "layer": self.layer,
+            "n_units": self.n_units,
+            "k": self.k,
+            "sparsity": self.sparsity,
+            "variance": self.variance,
+            "params_per_unit": self.params_per_unit,
+        }
+
+
+@dataclass
+class Plan:
+    source: str
+    family: str
+    recipe: Recipe
+    sparsity: float
+    seed: int
+    modules: list[ModulePlan]
+    excluded: list[str]
+    total_params: int  # every parameter of the checkpoint
+    compressible_params: int  # parameters of all units of all modules of the unit map
+    specs: dict[str, ModuleSpec] = field(repr=False, default_factory=dict)
+
+    @property
+    def params_removed(self) -> int:
+        return sum((m.n_units - m.k) * m.params_per_unit for m in self.modules)
+
+    @property
+    def achieved_sparsity(self) -> float:
+        """Fraction of compressible weights removed (in the folded model)."""
+        return self.params_removed / self.compressible_params if self.compressible_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "family": self.family,
+            "recipe": self.recipe.to_dict(),
+            "sparsity": self.sparsity,
+            "seed": self.seed,
+            "achieved_sparsity": self.achieved_sparsity,
+            "params_removed": self.params_removed,
+            "total_params": self.total_params,
+            "compressible_params": self.compressible_params,
+            "modules": [m.to_dict() for m in self.modules],
+            "excluded": self.excluded,
+        }
+
+
+def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise InvalidArgumentError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def validate_checkpoint(ckpt: Checkpoint, umap: UnitMap) -> None:
+    """Every unit tensor exists with the shape config.json implies and a supported dtype, and no
+    floating tensor holds NaN or Inf."""
+    for spec in umap.modules:
+        for part in spec.parts:
+            if part.tensor not in ckpt.where:
+                raise CorruptCheckpointError(f"{ckpt.path}: tensor {part.tensor} not found (needed by {spec.name})")
+            info = ckpt.info(part.tensor)
+            expected = spec.expected_shape(part)
+            if info.shape != expected:
+                raise ShapeMismatchError(
+                    f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has shape {list(info.shape)}, "
+                    f"config.json implies {list(expected)}"
+                )
+            if info.dtype not in COMPUTE_DTYPES:
+                raise UnsupportedModelError(
+                    f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has unsupported dtype {info.dtype} "
+                    f"(supported: {', '.join(COMPUTE_DTYPES)})"
+                )
+    for name in ckpt.names():
+        info = ckpt.info(name)
+        if info.dtype in FLOAT_DTYPES:
+            bad = first_non_finite(ckpt.raw(name), info.dtype)
+            if bad is not None:
+                where = list(np.unravel_index(bad, info.shape)) if info.shape else []
+                raise NonFiniteError(
+                    f"{ckpt.file_of(name)}: tensor {name} has a non-finite value (NaN or Inf) at index {[int(i) for i in where]}"
+                )
+
+
+def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float:
+    """Variance of the module's parameters (the parts the recipe's feature map uses)."""
+    from .unitmap import to_units
+
+    total = total_sq = 0.0
+    count = 0
+    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
+    for block in FEATURES[recipe.feature](parts):
+        b = block.astype(np.float64)
+        total += float(b.sum())
+        total_sq += float((b * b).sum())
+        count += b.size
+    mean = total / count
+    return max(total_sq / count - mean * mean, 0.0)
+
+
+def make_plan(
+    source: str | os.PathLike[str] | Checkpoint,
+    sparsity: float,
+    recipe: Recipe,
+    *,
+    include: str | None = None,
+    exclude: str | None = None,
+    k_overrides: dict[str, int] | None = None,
+    seed: int = 0,
+) -> Plan:
+    """Validates the checkpoint and computes K for every selected module."""
+    if not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
+        raise InvalidArgumentError(f"sparsity {sparsity} is outside [0, 1)")
+    if seed < 0:
+        raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
+    recipe.validate()
+    inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
+    own = not isinstance(source, Checkpoint)
+    ckpt = Checkpoint(source) if own else source
+    try:
+        umap = unit_map(ckpt.config, set(ckpt.where))
+        validate_checkpoint(ckpt, umap)
+        selected = [
+            s for s in umap.modules if (inc is None or inc.search(s.name)) and (exc is None or not exc.search(s.name))
+        ]
+        if not selected:
+            raise InvalidArgumentError(
+                f"no module matches --include {include!r} / --exclude {exclude!r} (e.g. {umap.modules[0].name})"
+            )
+        units = [s.n_units for s in selected]
+        variances = [module_variance(ckpt, s, recipe) for s in selected]
+        if recipe.allocation == "uniform":
+            ks = _core.uniform_plan(units, float(sparsity))
+        else:
+            key = (lambda s: s.kind) if recipe.variance_groups == "kind" else (lambda s: s.module_type)
+            labels = sorted({key(s) for s in selected})
+            groups = [labels.index(key(s)) for s in selected]
+            ks = _core.variance_plan(units, variances, groups, float(sparsity), recipe.high_factor)
+        by_name = {s.name: i for i, s in enumerate(selected)}
+        for name, k in (k_overrides or {}).items():
+            if name not in by_name:
+                raise InvalidArgumentError(f"K override for unknown or unselected module {name!r}")
+            n = units[by_name[name]]
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+                raise InvalidArgumentError(f"K = {k} for module {name} is outside [1, N = {n}]")
+            ks[by_name[name]] = k
+        modules = [
+            ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit)
+            for s, k, v in zip(selected, ks, variances, strict=True)
+        ]
+        total = sum(ckpt.info(n).numel for n in ckpt.names())
+        compressible = sum(s.n_units * s.params_per_unit for s in umap.modules)
+        chosen = {s.name for s in selected}
+        return Plan(
+            source=str(ckpt.path),
+            family=umap.family,
+            recipe=recipe,
+            sparsity=float(sparsity),
+            seed=seed,
+            modules=modules,
+            excluded=[s.name for s in umap.modules if s.name not in chosen],
+            total_params=total,
+            compressible_params=compressible,
+            specs={s.name: s for s in selected},
+        )
+    finally:
+        if own:
+            ckpt.close()

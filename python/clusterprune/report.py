@@ -1,0 +1,68 @@
+"""Human-readable summaries and atomic JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.1f} MiB"
+
+
+def format_compression(report: dict[str, Any]) -> str:
+    lines = [f"{'module':<44} {'type':<18} {'N':>6} {'K':>6} {'sparsity':>8} {'rel WCSS':>9}"]
+    for m in report["modules"]:
+        lines.append(
+            f"{m['name']:<44} {m['module_type']:<18} {m['n_units']:>6} {m['k']:>6} "
+            f"{m['sparsity']:>8.3f} {m.get('rel_wcss', float('nan')):>9.4f}"
+        )
+    r = report["recipe"]
+    lines.append(
+        f"recipe {r['name']} (method {r['method']}, allocation {r['allocation']}, feature {r['feature']}, "
+        f"fusion {r['fusion']}), export {report['export']}, seed {report['seed']}"
+    )
+    lines.append(
+        f"removed {report['params_removed']:,} of {report['compressible_params']:,} compressible parameters "
+        f"(achieved sparsity {report['achieved_sparsity']:.4f}; {report['params_removed'] / report['total_params']:.4f} of the model); "
+        f"size {_mb(report['bytes_before'])} -> {_mb(report['bytes_after'])} folded; {report['seconds']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    lines = [
+        f"{info['path']}: {info['family']}, {info['tensors']} tensors, {info['total_params']:,} parameters "
+        f"({_mb(info['bytes'])}, {'/'.join(info['dtypes'])}), {info['compressible_params']:,} in {len(info['modules'])} compressible modules"
+        + (", folded" if info["folded"] else "")
+    ]
+    lines.append(f"{'module':<44} {'type':<18} {'N':>6} {'unit size':>10} {'K':>6}")
+    for m in info["modules"]:
+        lines.append(
+            f"{m['name']:<44} {m['module_type']:<18} {m['n_units']:>6} {m['unit_params']:>10} {m.get('k', ''):>6}"
+        )
+    comp = info.get("compression")
+    if comp:
+        r = comp["recipe"]
+        lines.append(
+            f"compressed by clusterprune {comp['version']}: recipe {r['name']} (method {r['method']}, "
+            f"allocation {r['allocation']}), sparsity {comp['sparsity']}, seed {comp['seed']}, export {comp['export']}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,98 @@
+//! Storage dtypes of checkpoints: f32 compute from f16 / bf16 / f32 storage and back.
+//! Conversions round to nearest, ties to even (the `half` crate), NaN stays NaN.
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 16;
+
+/// Half-precision bit patterns to f32.
+pub fn f16_to_f32(bits: &[u16]) -> Vec<f32> {
+    let mut out = vec![0f32; bits.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(bits.par_chunks(CHUNK))
+        .for_each(|(o, b)| {
+            o.iter_mut()
+                .zip(b)
+                .for_each(|(o, &b)| *o = f16::from_bits(b).to_f32())
+        });
+    out
+}
+
+/// bfloat16 bit patterns to f32 (exact).
+pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
+    let mut out = vec![0f32; bits.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(bits.par_chunks(CHUNK))
+        .for_each(|(o, b)| {
+            o.iter_mut()
+                .zip(b)
+                .for_each(|(o, &b)| *o = bf16::from_bits(b).to_f32())
+        });
+    out
+}
+
+/// f32 to half-precision bit patterns (round to nearest even; overflow gives +-Inf).
+pub fn f32_to_f16(values: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(o, v)| {
+            o.iter_mut()
+                .zip(v)
+                .for_each(|(o, &v)| *o = f16::from_f32(v).to_bits())
+        });
+    out
+}
+
+/// f32 to bfloat16 bit patterns (round to nearest even).
+pub fn f32_to_bf16(values: &[f32]) -> Vec<u16> {
+    let mut out = vec![0u16; values.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(o, v)| {
+            o.iter_mut()
+                .zip(v)
+                .for_each(|(o, &v)| *o = bf16::from_f32(v).to_bits())
+        });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_round_trip_is_exact_for_representable_values() {
+        let vals = [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            3.140625,
+            7.888609e-31,
+            f32::INFINITY,
+        ];
+        let back = bf16_to_f32(&f32_to_bf16(&vals));
+        assert_eq!(back, vals);
+    }
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        // 1 + 2^-8 lies exactly between two bf16 values (1 and 1 + 2^-7): ties go to even (1).
+        let x = 1.0f32 + 2f32.powi(-8);
+        assert_eq!(bf16_to_f32(&f32_to_bf16(&[x]))[0], 1.0);
+        let y = 1.0f32 + 3.0 * 2f32.powi(-8);
+        assert_eq!(bf16_to_f32(&f32_to_bf16(&[y]))[0], 1.0 + 2f32.powi(-6));
+    }
+
+    #[test]
+    fn f16_matches_reference_values() {
+        assert_eq!(
+            f16_to_f32(&[0x3C00, 0xC000, 0x7BFF]),
+            vec![1.0, -2.0, 65504.0]
+        );
+        assert_eq!(f32_to_f16(&[1.0, -2.0, 1e6]), vec![0x3C00, 0xC000, 0x7C00]);
+        assert!(f16_to_f32(&f32_to_f16(&[f32::NAN]))[0].is_nan());
+    }
+}

@@ -1,0 +1,485 @@
+//! Deterministic k-means (minimum within-cluster sum of squares) on unit matrices.
+//!
+//! * Initialisation: seeded k-means++ (D^2 sampling), or Ward agglomeration (merge the pair of
+//!   clusters whose fusion raises the sum of squares least, until K remain), which is close to
+//!   optimal when K is near N, the usual case for light sparsity. `Init::Auto` picks Ward when
+//!   K >= N/2 and N <= [`WARD_MAX_N`], else k-means++.
+//! * Lloyd refinement: the candidate nearest centroid of each unit comes from an f32 GEMM
+//!   (`|c|^2 - 2 x.c`); a unit moves only when its exact f64 distance to the candidate is strictly
+//!   smaller than to its current centroid, so the exact inertia never increases. Units that sit
+//!   exactly on their centroid (distance 0, e.g. singletons) cannot improve and are skipped.
+//! * Empty clusters take the unit farthest from its centroid among clusters with >= 2 members,
+//!   so the result always has K non-empty clusters.
+//! * All parallel work is split into blocks whose bounds do not depend on the thread count, and
+//!   every reduction runs in a fixed order: output is byte-identical for any number of threads.
+
+use crate::error::{invalid, CoreError, Result};
+use crate::linalg::{cross_dots, sq_dist, sq_norm};
+use crate::rng::SplitMix64;
+use rayon::prelude::*;
+
+/// Largest N for which Ward initialisation (an N x N f64 matrix) is used by `Init::Auto`.
+pub const WARD_MAX_N: usize = 8192;
+/// Rows per GEMM block in the distance step (fixed: independent of the thread count).
+const ROW_BLOCK: usize = 128;
+
+/// How the first K centroids are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// Ward when K >= N/2 and N <= WARD_MAX_N, else k-means++.
+    Auto,
+    /// Seeded k-means++ (one D^2-weighted draw per centroid).
+    KMeansPlusPlus,
+    /// Ward agglomeration (deterministic; the seed is not used).
+    Ward,
+}
+
+impl Init {
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Auto => "auto",
+            Init::KMeansPlusPlus => "kmeans++",
+            Init::Ward => "ward",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Init> {
+        match s {
+            "auto" => Ok(Init::Auto),
+            "kmeans++" | "k-means++" => Ok(Init::KMeansPlusPlus),
+            "ward" => Ok(Init::Ward),
+            other => invalid(format!(
+                "unknown k-means init '{other}' (expected auto, kmeans++ or ward)"
+            )),
+        }
+    }
+
+    fn resolve(self, n: usize, k: usize) -> Init {
+        match self {
+            Init::Auto if n <= WARD_MAX_N && 2 * k >= n => Init::Ward,
+            Init::Auto => Init::KMeansPlusPlus,
+            other => other,
+        }
+    }
+}
+
+/// Parameters of one k-means run.
+#[derive(Clone, Debug)]
+pub struct KMeansConfig {
+    pub k: usize,
+    /// Maximum number of Lloyd iterations after initialisation.
+    pub max_iter: usize,
+    /// Stop when an iteration lowers the inertia by no more than `tol` relative (0: run until
+    /// no unit moves or `max_iter`).
+    pub tol: f64,
+    pub seed: u64,
+    pub init: Init,
+}
+
+impl KMeansConfig {
+    pub fn new(k: usize) -> Self {
+        KMeansConfig {
+            k,
+            max_iter: 100,
+            tol: 0.0,
+            seed: 0,
+            init: Init::Auto,
+        }
+    }
+}
+
+/// Outcome of k-means: cluster of every unit, the K centroids (row-major K x d), the exact
+/// inertia (sum of squared distances to the assigned centroid, f64), its history (after the
+/// initial assignment and after each Lloyd iteration), and the init actually used.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KMeansResult {
+    pub assignments: Vec<u32>,
+    pub centroids: Vec<f32>,
+    pub inertia: f64,
+    pub inertia_history: Vec<f64>,
+    pub n_iter: usize,
+    pub converged: bool,
+    pub init: Init,
+}
+
+/// Runs k-means on the `n` rows (units) of the row-major `n x d` matrix `data`.
+pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KMeansResult> {
+    validate(data, n, d, cfg.k)?;
+    let k = cfg.k;
+    let init = cfg.init.resolve(n, k);
+    if k == n {
+        return Ok(KMeansResult {
+            assignments: (0..n as u32).collect(),
+            centroids: data.to_vec(),
+            inertia: 0.0,
+            inertia_history: vec![0.0],
+            n_iter: 0,
+            converged: true,
+            init,
+        });
+    }
+    let mut assign = match init {
+        Init::Ward => ward_assignments(data, n, d, k),
+        _ => {
+            let seeds = kmeanspp_centroids(data, n, d, k, cfg.seed);
+            let mut assign = nearest_all(data, n, d, &seeds, k);
+            let mut own: Vec<f64> = own_distances(data, d, &seeds, &assign);
+            fill_empty_clusters(&mut assign, &mut own, k);
+            assign
+        }
+    };
+    let mut centroids = vec![0f32; k * d];
+    update_centroids(data, d, &assign, k, &mut centroids);
+    let mut own = own_distances(data, d, &centroids, &assign);
+    let mut inertia: f64 = own.iter().sum();
+    let mut history = vec![inertia];
+    let mut n_iter = 0;
+    let mut converged = false;
+    while n_iter < cfg.max_iter {
+        let movable: Vec<usize> = (0..n).filter(|&i| own[i] > 0.0).collect();
+        let candidates = nearest_rows(data, d, &movable, &centroids, k);
+        let moves: Vec<Option<(u32, f64)>> = movable
+            .par_iter()
+            .zip(candidates.par_iter())
+            .map(|(&i, &c)| {
+                if c == assign[i] {
+                    return None;
+                }
+                let dist = sq_dist(row(data, d, i), row(&centroids, d, c as usize));
+                (dist < own[i]).then_some((c, dist))
+            })
+            .collect();
+        let mut changed = 0usize;
+        for (&i, m) in movable.iter().zip(moves) {
+            if let Some((c, dist)) = m {
+                assign[i] = c;
+                own[i] = dist;
+                changed += 1;
+            }
+        }
+        changed += fill_empty_clusters(&mut assign, &mut own, k);
+        if changed == 0 {
+            converged = true;
+            break;
+        }
+        update_centroids(data, d, &assign, k, &mut centroids);
+        own = own_distances(data, d, &centroids, &assign);
+        let next: f64 = own.iter().sum();
+        n_iter += 1;
+        history.push(next);
+        let gain = inertia - next;
+        inertia = next;
+        if cfg.tol > 0.0 && gain <= cfg.tol * history[history.len() - 2] {
+            converged = true;
+            break;
+        }
+    }
+    Ok(KMeansResult {
+        assignments: assign,
+        centroids,
+        inertia,
+        inertia_history: history,
+        n_iter,
+        converged,
+        init,
+    })
+}
+
+fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<()> {
+    if n == 0 {
+        return invalid("k-means needs at least one unit (N = 0)");
+    }
+    if data.len() != n * d {
+        return invalid(format!(
+            "unit matrix has {} values, expected N x d = {n} x {d}",
+            data.len()
+        ));
+    }
+    if k < 1 || k > n {
+        return invalid(format!("K = {k} is outside [1, N = {n}]"));
+    }
+    if let Some(pos) = data.par_iter().position_first(|v| !v.is_finite()) {
+        return Err(CoreError::NonFinite {
+            row: pos / d.max(1),
+            col: pos % d.max(1),
+        });
+    }
+    Ok(())
+}
+
+fn row(data: &[f32], d: usize, i: usize) -> &[f32] {
+    &data[i * d..(i + 1) * d]
+}
+
+/// Exact f64 distance of every unit to its assigned centroid.
+fn own_distances(data: &[f32], d: usize, centroids: &[f32], assign: &[u32]) -> Vec<f64> {
+    (0..assign.len())
+        .into_par_iter()
+        .map(|i| sq_dist(row(data, d, i), row(centroids, d, assign[i] as usize)))
+        .collect()
+}
+
+/// Centroid = f64 mean of the members, summed in unit order. Empty clusters keep their value.
+fn update_centroids(data: &[f32], d: usize, assign: &[u32], k: usize, centroids: &mut [f32]) {
+    let mut start = vec![0usize; k + 1];
+    for &a in assign {
+        start[a as usize + 1] += 1;
+    }
+    for j in 0..k {
+        start[j + 1] += start[j];
+    }
+    let mut fill = start.clone();
+    let mut members = vec![0usize; assign.len()];
+    for (i, &a) in assign.iter().enumerate() {
+        members[fill[a as usize]] = i;
+        fill[a as usize] += 1;
+    }
+    centroids
+        .par_chunks_mut(d.max(1))
+        .enumerate()
+        .for_each(|(j, c)| {
+            let m = &members[start[j]..start[j + 1]];
+            if m.is_empty() {
+                return;
+            }
+            if m.len() == 1 {
+                c.copy_from_slice(row(data, d, m[0]));
+                return;
+            }
+            let mut acc = vec![0f64; d];
+            for &i in m {
+                for (a, &x) in acc.iter_mut().zip(row(data, d, i)) {
+                    *a += x as f64;
+                }
+            }
+            let inv = 1.0 / m.len() as f64;
+            for (c, a) in c.iter_mut().zip(acc) {
+                *c = (a * inv) as f32;
+            }
+        });
+}
+
+/// Moves, for each empty cluster in ascending order, the unit farthest from its centroid among
+/// clusters with at least two members (ties: lowest index). Returns the number of moves.
+fn fill_empty_clusters(assign: &mut [u32], own: &mut [f64], k: usize) -> usize {
+    let mut size = vec![0usize; k];
+    for &a in assign.iter() {
+        size[a as usize] += 1;
+    }
+    let mut moved = 0;
+    for j in 0..k {
+        if size[j] > 0 {
+            continue;
+        }
+        let mut best: Option<usize> = None;
+        for i in 0..assign.len() {
+            if size[assign[i] as usize] >= 2 && best.is_none_or(|b| own[i] > own[b]) {
+                best = Some(i);
+            }
+        }
+        let i = best.expect("an empty cluster implies a cluster with two members when K <= N");
+        size[assign[i] as usize] -= 1;
+        assign[i] = j as u32;
+        own[i] = 0.0;
+        size[j] = 1;
+        moved += 1;
+    }
+    moved
+}
+
+/// Index of the nearest centroid (by the GEMM score |c|^2 - 2 x.c; ties: lowest index) for the
+/// listed rows.
+fn nearest_rows(data: &[f32], d: usize, rows: &[usize], centroids: &[f32], k: usize) -> Vec<u32> {
+    let cnorm: Vec<f64> = centroids.par_chunks(d.max(1)).map(sq_norm).collect();
+    rows.par_chunks(ROW_BLOCK)
+        .map(|block| {
+            let mut gathered = Vec::with_capacity(block.len() * d);
+            for &i in block {
+                gathered.extend_from_slice(row(data, d, i));
+            }
+            let mut dots = vec![0f32; block.len() * k];
+            cross_dots(&gathered, block.len(), centroids, k, d, &mut dots);
+            dots.chunks(k)
+                .map(|r| {
+                    let mut best = 0usize;
+                    let mut best_score = f64::INFINITY;
+                    for (j, &dot) in r.iter().enumerate() {
+                        let score = cnorm[j] - 2.0 * dot as f64;
+                        if score < best_score {
+                            best_score = score;
+                            best = j;
+                        }
+                    }
+                    best as u32
+                })
+                .collect::<Vec<u32>>()
+        })
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+fn nearest_all(data: &[f32], n: usize, d: usize, centroids: &[f32], k: usize) -> Vec<u32> {
+    let rows: Vec<usize> = (0..n).collect();
+    nearest_rows(data, d, &rows, centroids, k)
+}
+
+/// Seeded k-means++: first centroid uniform, then each next one drawn with probability
+/// proportional to the squared distance to the nearest chosen centroid. When all remaining
+/// distances are zero (duplicate units) the lowest-index unchosen unit is taken.
+fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let mut chosen = vec![false; n];
+    let first = rng.below(n);
+    chosen[first] = true;
+    let mut picks = vec![first];
+    let mut mind: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| sq_dist(row(data, d, i), row(data, d, first)))
+        .collect();
+    while picks.len() < k {
+        let total: f64 = mind.iter().sum();
+        let next = if total > 0.0 {
+            let target = rng.next_f64() * total;
+            let mut acc = 0.0;
+            let mut pick = None;
+            for (i, &m) in mind.iter().enumerate() {
+                if m > 0.0 {
+                    acc += m;
+                    pick = Some(i);
+                    if acc > target {
+                        break;
+                    }
+                }
+            }
+            pick.expect("total > 0 implies a unit with positive distance")
+        } else {
+            (0..n).find(|&i| !chosen[i]).expect("K <= N")
+        };
+        chosen[next] = true;
+        picks.push(next);
+        let c = row(data, d, next);
+        mind.par_iter_mut().enumerate().for_each(|(i, m)| {
+            let dist = sq_dist(row(data, d, i), c);
+            if dist < *m {
+                *m = dist;
+            }
+        });
+    }
+    let mut centroids = Vec::with_capacity(k * d);
+    for &p in &picks {
+        centroids.extend_from_slice(row(data, d, p));
+    }
+    centroids
+}
+
+/// Ward agglomeration from N singletons down to K clusters. The merge cost of clusters A and B
+/// is the rise in the sum of squares, |A||B|/(|A|+|B|) |c_A - c_B|^2, updated by the
+/// Lance-Williams recurrence. Returns cluster labels 0..K in order of each cluster's first unit.
+fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
+    let norms: Vec<f64> = data.par_chunks(d.max(1)).map(sq_norm).collect();
+    // Upper triangle of the pairwise costs, one block of rows at a time (GEMM), then mirrored.
+    let mut w = vec![0f64; n * n];
+    w.par_chunks_mut(ROW_BLOCK * n)
+        .enumerate()
+        .for_each(|(b, out)| {
+            let lo = b * ROW_BLOCK;
+            let rows = out.len() / n;
+            let mut dots = vec![0f32; rows * (n - lo)];
+            cross_dots(
+                &data[lo * d..(lo + rows) * d],
+                rows,
+                &data[lo * d..],
+                n - lo,
+                d,
+                &mut dots,
+            );
+            for r in 0..rows {
+                let i = lo + r;
+                for j in i..n {
+                    let dot = dots[r * (n - lo) + (j - lo)] as f64;
+                    let d2 = (norms[i] + norms[j] - 2.0 * dot).max(0.0);
+                    out[r * n + j] = if i == j { f64::INFINITY } else { 0.5 * d2 };
+                }
+            }
+        });
+    for i in 0..n {
+        for j in 0..i {
+            w[i * n + j] = w[j * n + i];
+        }
+    }
+    let mut active = vec![true; n];
+    let mut size = vec![1f64; n];
+    let mut parent: Vec<usize> = (0..n).collect();
+    let nearest = |w: &[f64], active: &[bool], i: usize| -> (usize, f64) {
+        let mut best = (usize::MAX, f64::INFINITY);
+        for (j, &a) in active.iter().enumerate() {
+            if a && j != i && (best.0 == usize::MAX || w[i * n + j] < best.1) {
+                best = (j, w[i * n + j]);
+            }
+        }
+        best
+    };
+    let (mut nn, mut nnc): (Vec<usize>, Vec<f64>) = (0..n)
+        .into_par_iter()
+        .map(|i| nearest(&w, &active, i))
+        .unzip();
+    for _ in 0..(n - k) {
+        let mut i = usize::MAX;
+        for c in 0..n {
+            if active[c] && (i == usize::MAX || nnc[c] < nnc[i]) {
+                i = c;
+            }
+        }
+        let j = nn[i];
+        let (a, b) = (i.min(j), i.max(j));
+        let (na, nb, wab) = (size[a], size[b], w[a * n + b]);
+        for c in 0..n {
+            if !active[c] || c == a || c == b {
+                continue;
+            }
+            let nc = size[c];
+            let v =
+                ((na + nc) * w[a * n + c] + (nb + nc) * w[b * n + c] - nc * wab) / (na + nb + nc);
+            w[a * n + c] = v;
+            w[c * n + a] = v;
+        }
+        active[b] = false;
+        size[a] = na + nb;
+        parent[b] = a;
+        (nn[a], nnc[a]) = nearest(&w, &active, a);
+        for c in 0..n {
+            if !active[c] || c == a {
+                continue;
+            }
+            if nn[c] == a || nn[c] == b {
+                (nn[c], nnc[c]) = nearest(&w, &active, c);
+            } else if w[c * n + a] < nnc[c] || (w[c * n + a] == nnc[c] && a < nn[c]) {
+                nn[c] = a;
+                nnc[c] = w[c * n + a];
+            }
+        }
+    }
+    let root: Vec<usize> = (0..n)
+        .map(|i| {
+            let mut r = i;
+            while parent[r] != r {
+                r = parent[r];
+            }
+            r
+        })
+        .collect();
+    let mut label = vec![u32::MAX; n];
+    let mut next = 0u32;
+    root.iter()
+        .map(|&r| {
+            if label[r] == u32::MAX {
+                label[r] = next;
+                next += 1;
+            }
+            label[r]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+#![allow(clippy::needless_range_loop)] // index loops read clearer in brute-force references
+
+use super::*;
+use crate::rng::SplitMix64;
+
+fn random_matrix(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n * d)
+        .map(|_| (rng.next_f64() * 2.0 - 1.0) as f32)
+        .collect()
+}
+
+/// `groups` well-separated blobs of `per` units each, shuffled.
+fn blobs(groups: usize, per: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let centers: Vec<f32> = (0..groups * d)
+        .map(|_| (rng.next_f64() * 40.0 - 20.0) as f32)
+        .collect();
+    let mut rows: Vec<Vec<f32>> = Vec::new();
+    for g in 0..groups {
+        for _ in 0..per {
+            rows.push(
+                (0..d)
+                    .map(|p| centers[g * d + p] + (rng.next_f64() * 0.2 - 0.1) as f32)
+                    .collect(),
+            );
+        }
+    }
+    for i in (1..rows.len()).rev() {
+        rows.swap(i, rng.below(i + 1));
+    }
+    rows.concat()
+}
+
+fn inertia_of(data: &[f32], d: usize, assign: &[usize], k: usize) -> f64 {
+    let mut best = 0.0;
+    for j in 0..k {
+        let members: Vec<usize> = (0..assign.len()).filter(|&i| assign[i] == j).collect();
+        if members.is_empty() {
+            return f64::INFINITY;
+        }
+        let mean: Vec<f64> = (0..d)
+            .map(|p| {
+                members.iter().map(|&i| data[i * d + p] as f64).sum::<f64>() / members.len() as f64
+            })
+            .collect();
+        for &i in &members {
+            best += (0..d)
+                .map(|p| (data[i * d + p] as f64 - mean[p]).powi(2))
+                .sum::<f64>();
+        }
+    }
+    best
+}
+
+/// Global optimum by enumerating every assignment (tiny inputs only).
+fn brute_force_optimum(data: &[f32], n: usize, d: usize, k: usize) -> f64 {
+    let mut best = f64::INFINITY;
+    let mut assign = vec![0usize; n];
+    loop {
+        best = best.min(inertia_of(data, d, &assign, k));
+        let mut pos = 0;
+        loop {
+            if pos == n {
+                return best;
+            }
+            assign[pos] += 1;
+            if assign[pos] < k {
+                break;
+            }
+            assign[pos] = 0;
+            pos += 1;
+        }
+    }
+}
+
+fn run(data: &[f32], n: usize, d: usize, k: usize, init: Init, seed: u64) -> KMeansResult {
+    let cfg = KMeansConfig {
+        init,
+        seed,
+        ..KMeansConfig::new(k)
+    };
+    kmeans(data, n, d, &cfg).unwrap()
+}
+
+#[test]
+fn inertia_never_increases_across_lloyd_steps() {
+    for seed in 0..6 {
+        let (n, d) = (300, 9);
+        let data = random_matrix(n, d, 100 + seed);
+        for (k, init) in [
+            (7, Init::KMeansPlusPlus),
+            (40, Init::KMeansPlusPlus),
+            (200, Init::Ward),
+        ] {
+            let r = run(&data, n, d, k, init, seed);
+            assert!(r.n_iter >= 1 || r.converged);
+            for w in r.inertia_history.windows(2) {
+                assert!(
+                    w[1] <= w[0],
+                    "inertia rose from {} to {} ({init:?}, k={k})",
+                    w[0],
+                    w[1]
+                );
+            }
+            assert_eq!(*r.inertia_history.last().unwrap(), r.inertia);
+        }
+    }
+}
+
+#[test]
+fn result_is_a_lloyd_fixed_point_with_exact_inertia() {
+    let (n, d, k) = (120, 6, 13);
+    let data = random_matrix(n, d, 7);
+    for init in [Init::KMeansPlusPlus, Init::Ward] {
+        let r = run(&data, n, d, k, init, 3);
+        assert!(r.converged);
+        let assign: Vec<usize> = r.assignments.iter().map(|&a| a as usize).collect();
+        let reference = inertia_of(&data, d, &assign, k);
+        assert!((reference - r.inertia).abs() <= 1e-9 * reference.max(1.0));
+        for i in 0..n {
+            let own = sq_dist(row(&data, d, i), row(&r.centroids, d, assign[i]));
+            for j in 0..k {
+                let other = sq_dist(row(&data, d, i), row(&r.centroids, d, j));
+                assert!(
+                    own <= other * (1.0 + 1e-5) + 1e-9,
+                    "unit {i} is closer to cluster {j}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn matches_brute_force_optimum_on_tiny_inputs() {
+    for seed in 0..8 {
+        let (n, d, k) = (8, 3, 3);
+        let data = blobs(k, 3, d, seed)[..n * d].to_vec();
+        let optimum = brute_force_optimum(&data, n, d, k);
+        for init in [Init::KMeansPlusPlus, Init::Ward] {
+            let r = run(&data, n, d, k, init, seed);
+            assert!(
+                (r.inertia - optimum).abs() <= 1e-6 * optimum.max(1e-12),
+                "seed {seed} {init:?}: {} vs optimum {optimum}",
+                r.inertia
+            );
+        }
+        // Random (unclustered) tiny inputs: never below the optimum, Ward at K = N - 1 exact.
+        let data = random_matrix(n, d, 50 + seed);
+        let opt = brute_force_optimum(&data, n, d, k);
+        assert!(run(&data, n, d, k, Init::Ward, 0).inertia >= opt * (1.0 - 1e-9));
+        let opt7 = brute_force_optimum(&data, n, d, n - 1);
+        let r7 = run(&data, n, d, n - 1, Init::Ward, 0);
+        assert!((r7.inertia - opt7).abs() <= 1e-6 * opt7);
+    }
+}
+
+#[test]
+fn always_returns_k_nonempty_clusters_with_duplicates_and_zeros() {
+    let d = 4;
+    let mut data = vec![0f32; 10 * d]; // ten all-zero units
+    data.extend(std::iter::repeat_n([1.0f32, 2.0, 3.0, 4.0], 5).flatten());
+    data.extend(random_matrix(3, d, 9));
+    let n = data.len() / d;
+    for k in [1, 2, 5, 9, 12, n - 1, n] {
+        for init in [Init::KMeansPlusPlus, Init::Ward] {
+            let r = run(&data, n, d, k, init, 11);
+            let mut size = vec![0; k];
+            for &a in &r.assignments {
+                size[a as usize] += 1;
+            }
+            assert!(
+                size.iter().all(|&s| s > 0),
+                "k={k} {init:?}: sizes {size:?}"
+            );
+            assert_eq!(r.centroids.len(), k * d);
+        }
+    }
+}
+
+#[test]
+fn k_one_gives_the_mean_and_k_n_the_identity() {
+    let (n, d) = (17, 5);
+    let data = random_matrix(n, d, 21);
+    let r = run(&data, n, d, 1, Init::Auto, 0);
+    for p in 0..d {
+        let mean = (0..n).map(|i| data[i * d + p] as f64).sum::<f64>() / n as f64;
+        assert!((r.centroids[p] as f64 - mean).abs() < 1e-6);
+    }
+    assert!(r.assignments.iter().all(|&a| a == 0));
+    let r = run(&data, n, d, n, Init::Auto, 0);
+    assert_eq!(r.inertia, 0.0);
+    assert_eq!(r.centroids, data);
+    assert_eq!(r.assignments, (0..n as u32).collect::<Vec<_>>());
+}
+
+#[test]
+fn same_seed_same_result_and_thread_count_does_not_matter() {
+    let (n, d) = (700, 33);
+    let data = random_matrix(n, d, 5);
+    for (k, init) in [(50, Init::KMeansPlusPlus), (600, Init::Ward)] {
+        let reference = run(&data, n, d, k, init, 42);
+        assert_eq!(reference, run(&data, n, d, k, init, 42));
+        for threads in [1, 2, 3, 8] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let r = pool.install(|| run(&data, n, d, k, init, 42));
+            assert_eq!(r.assignments, reference.assignments);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&r.centroids), bits(&reference.centroids));
+            assert_eq!(r.inertia.to_bits(), reference.inertia.to_bits());
+        }
+    }
+    let a = run(&data, n, d, 50, Init::KMeansPlusPlus, 1);
+    let b = run(&data, n, d, 50, Init::KMeansPlusPlus, 2);
+    assert_ne!(
+        a.assignments, b.assignments,
+        "different seeds should give different seeding"
+    );
+}
+
+#[test]
+fn ward_and_kmeanspp_find_separated_blobs() {
+    let (groups, per, d) = (6, 10, 5);
+    let data = blobs(groups, per, d, 77);
+    let n = groups * per;
+    let a = run(&data, n, d, groups, Init::Ward, 0);
+    let same_partition =
+        |x: &[u32], y: &[u32]| (0..n).all(|i| (0..n).all(|j| (x[i] == x[j]) == (y[i] == y[j])));
+    let brute: Vec<u32> = {
+        // Reference partition: units within 1.0 of each other belong together.
+        let mut label = vec![u32::MAX; n];
+        let mut next = 0;
+        for i in 0..n {
+            if label[i] == u32::MAX {
+                for j in 0..n {
+                    if sq_dist(row(&data, d, i), row(&data, d, j)) < 1.0 {
+                        label[j] = next;
+                    }
+                }
+                next += 1;
+            }
+        }
+        label
+    };
+    assert!(same_partition(&a.assignments, &brute));
+    assert_eq!(a.init, Init::Ward);
+}
+
+#[test]
+fn bad_arguments_are_rejected_with_the_value() {
+    let data = random_matrix(4, 2, 0);
+    let err = kmeans(&data, 4, 2, &KMeansConfig::new(5)).unwrap_err();
+    assert_eq!(err.to_string(), "K = 5 is outside [1, N = 4]");
+    assert!(kmeans(&data, 4, 2, &KMeansConfig::new(0)).is_err());
+    assert!(kmeans(&data, 3, 2, &KMeansConfig::new(1)).is_err());
+    let mut bad = data.clone();
+    bad[5] = f32::NAN;
+    assert_eq!(
+        kmeans(&bad, 4, 2, &KMeansConfig::new(2)).unwrap_err(),
+        CoreError::NonFinite { row: 2, col: 1 }
+    );
+    assert!(Init::parse("nope").is_err());
+    assert_eq!(Init::parse("ward").unwrap(), Init::Ward);
+}
+
+#[test]
+fn auto_init_picks_ward_for_k_near_n() {
+    assert_eq!(Init::Auto.resolve(100, 90), Init::Ward);
+    assert_eq!(Init::Auto.resolve(100, 10), Init::KMeansPlusPlus);
+    assert_eq!(
+        Init::Auto.resolve(WARD_MAX_N + 1, WARD_MAX_N),
+        Init::KMeansPlusPlus
+    );
+}

@@ -1,0 +1,19 @@
+//! clusterprune-core: the pure-Rust engine behind clusterprune.
+//!
+//! * [`kmeans`]: deterministic k-means on unit matrices (Ward or k-means++ initialisation,
+//!   Lloyd refinement with a GEMM distance step), byte-identical whatever the thread count.
+//! * [`select`]: structured magnitude selection (keep the K best-scoring units).
+//! * [`allocate`]: per-module cluster counts (uniform and variance-mixed plans).
+//! * [`dtype`]: f16 / bf16 <-> f32 conversion for checkpoint storage.
+//!
+//! Nothing here knows about Python, files or model families: inputs are plain slices.
+
+pub mod allocate;
+pub mod dtype;
+pub mod error;
+pub mod kmeans;
+mod linalg;
+mod rng;
+pub mod select;
+
+pub use error::CoreError;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's one test command: creates (or reuses) the virtualenv, installs clusterprune with its
+# test extras (builds the Rust extension with maturin; torch + transformers for the checkpoint
+# tests), then runs the Rust checks and tests, ruff and pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VENV=${CLUSTERPRUNE_VENV:-$HOME/.cache/clusterprune/venv}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/clusterprune/target}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e "$ROOT[test]"
+
+echo "== cargo fmt / clippy / test"
+cargo fmt --all --check
+cargo clippy --all-targets --release -- -D warnings
+cargo test --release -p clusterprune-core
+
+echo "== ruff"
+"$VENV/bin/ruff" check python tests benches
+"$VENV/bin/ruff" format --check python tests benches
+
+echo "== pytest"
+"$VENV/bin/python" -m pytest -q "$@"

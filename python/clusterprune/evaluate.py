@@ -81,12 +81,13 @@ def _whisper_batch(
         out = model.generate(feats, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
-    eos = model.generation_config.eos_token_id
-    hit = []
-    for row, u in zip(sequences.tolist(), batch, strict=True):
-        own = max_new_tokens(u.duration, limit)
-        content = [t for t in row if t != eos]
-        hit.append(len(content) >= own and eos not in row[1:])
+    eot = model.generation_config.eos_token_id
+    # Whisper's text tokens are exactly the ids below <|endoftext|>; an utterance hit its bound
+    # when it produced as many as its own duration allows
+    hit = [
+        sum(t < eot for t in row) >= max_new_tokens(u.duration, limit)
+        for row, u in zip(sequences.tolist(), batch, strict=True)
+    ]
     return texts, hit
 
 

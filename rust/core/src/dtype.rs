@@ -6,56 +6,36 @@ use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 16;
 
+/// Element-wise conversion, parallel over fixed-size chunks.
+fn convert<A: Copy + Sync, B: Copy + Default + Send>(
+    input: &[A],
+    f: impl Fn(A) -> B + Sync,
+) -> Vec<B> {
+    let mut out = vec![B::default(); input.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(input.par_chunks(CHUNK))
+        .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = f(v)));
+    out
+}
+
 /// Half-precision bit patterns to f32.
 pub fn f16_to_f32(bits: &[u16]) -> Vec<f32> {
-    let mut out = vec![0f32; bits.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(bits.par_chunks(CHUNK))
-        .for_each(|(o, b)| {
-            o.iter_mut()
-                .zip(b)
-                .for_each(|(o, &b)| *o = f16::from_bits(b).to_f32())
-        });
-    out
+    convert(bits, |b| f16::from_bits(b).to_f32())
 }
 
 /// bfloat16 bit patterns to f32 (exact).
 pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
-    let mut out = vec![0f32; bits.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(bits.par_chunks(CHUNK))
-        .for_each(|(o, b)| {
-            o.iter_mut()
-                .zip(b)
-                .for_each(|(o, &b)| *o = bf16::from_bits(b).to_f32())
-        });
-    out
+    convert(bits, |b| bf16::from_bits(b).to_f32())
 }
 
 /// f32 to half-precision bit patterns (round to nearest even; overflow gives +-Inf).
 pub fn f32_to_f16(values: &[f32]) -> Vec<u16> {
-    let mut out = vec![0u16; values.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(values.par_chunks(CHUNK))
-        .for_each(|(o, v)| {
-            o.iter_mut()
-                .zip(v)
-                .for_each(|(o, &v)| *o = f16::from_f32(v).to_bits())
-        });
-    out
+    convert(values, |v| f16::from_f32(v).to_bits())
 }
 
 /// f32 to bfloat16 bit patterns (round to nearest even).
 pub fn f32_to_bf16(values: &[f32]) -> Vec<u16> {
-    let mut out = vec![0u16; values.len()];
-    out.par_chunks_mut(CHUNK)
-        .zip(values.par_chunks(CHUNK))
-        .for_each(|(o, v)| {
-            o.iter_mut()
-                .zip(v)
-                .for_each(|(o, &v)| *o = bf16::from_f32(v).to_bits())
-        });
-    out
+    convert(values, |v| bf16::from_f32(v).to_bits())
 }
 
 #[cfg(test)]

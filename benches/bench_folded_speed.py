@@ -63,8 +63,16 @@ def main() -> None:
     rows = []
     for s in [float(v) for v in args.sparsities.split(",")]:
         out = args.workdir / f"{args.recipe}-{s:g}"
-        clusterprune.compress(args.model_dir, out, s, recipe=args.recipe, export="folded", include=args.include,
-                              overwrite=True, progress=False)
+        clusterprune.compress(
+            args.model_dir,
+            out,
+            s,
+            recipe=args.recipe,
+            export="folded",
+            include=args.include,
+            overwrite=True,
+            progress=False,
+        )
         folded, _, _ = load_model(out)
         f_dense, f_folded = forward_fn(dense, family), forward_fn(folded, family)
         t_dense, t_folded = [], []
@@ -73,19 +81,35 @@ def main() -> None:
             t_folded.append(median_seconds(f_folded, args.repeats))
         td, tf = statistics.median(t_dense), statistics.median(t_folded)
         n = sum(p.numel() for p in folded.parameters())
-        rows.append({"sparsity": s, "params": n, "params_dense": n_dense, "size_ratio": n / n_dense,
-                     "dense_s": td, "folded_s": tf, "speedup": td / tf})
-        print(f"sparsity {s:g}: {n:,} / {n_dense:,} parameters ({n / n_dense:.3f}), forward {tf * 1000:.1f} ms vs "
-              f"{td * 1000:.1f} ms dense: speed-up {td / tf:.3f}x", flush=True)
-    machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+        rows.append(
+            {
+                "sparsity": s,
+                "params": n,
+                "params_dense": n_dense,
+                "size_ratio": n / n_dense,
+                "dense_s": td,
+                "folded_s": tf,
+                "speedup": td / tf,
+            }
+        )
+        print(
+            f"sparsity {s:g}: {n:,} / {n_dense:,} parameters ({n / n_dense:.3f}), forward {tf * 1000:.1f} ms vs "
+            f"{td * 1000:.1f} ms dense: speed-up {td / tf:.3f}x",
+            flush=True,
+        )
+    machine = (
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     (args.workdir / "folded_speed.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
     print(f"\nmachine: {machine}")
     print("| sparsity | parameters (folded / dense) | forward dense (ms) | forward folded (ms) | speed-up |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sparsity']:g} | {r['size_ratio']:.3f} | {1000 * r['dense_s']:.1f} | {1000 * r['folded_s']:.1f} | "
-              f"{r['speedup']:.3f}x |")
+        print(
+            f"| {r['sparsity']:g} | {r['size_ratio']:.3f} | {1000 * r['dense_s']:.1f} | {1000 * r['folded_s']:.1f} | "
+            f"{r['speedup']:.3f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--high-factor", type=float, help="K multiplier of the high-variance third (paper 1.2)")
     g.add_argument("--init", choices=INITS, help="k-means initialisation")
     g.add_argument("--max-iter", type=int, help="maximum Lloyd iterations")
-    c.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    c.add_argument("--threads", type=int, help="worker threads of the CPU engine (default: all cores)")
+    c.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "numpy"),
+        default="cpu",
+        help="cpu: Rust engine; cuda: CuPy on the GPU (pip install 'clusterprune[gpu]'); numpy: the GPU code on the CPU",
+    )
     c.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
     )
@@ -226,6 +232,7 @@ def _compress(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=args.progress,
         num_threads=args.threads,
+        device=args.device,
         method=args.method,
         allocation=args.allocation,
         feature=args.feature,

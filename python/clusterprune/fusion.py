@@ -11,10 +11,12 @@ computes exactly what the folded model computes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from .unitmap import Part
+from .xp_kmeans import segment_sum
 
 
 def relabel_by_first_member(assignments: np.ndarray) -> np.ndarray:
@@ -27,33 +29,32 @@ def relabel_by_first_member(assignments: np.ndarray) -> np.ndarray:
     return mapping[assignments]
 
 
-def cluster_sizes(labels: np.ndarray, k: int) -> np.ndarray:
-    return np.bincount(labels[labels >= 0], minlength=k)
+def cluster_sizes(labels: Any, k: int, xp: Any = np) -> Any:
+    return xp.bincount(labels[labels >= 0], minlength=k)
 
 
 def fold(
-    parts: Sequence[tuple[Part, np.ndarray]], labels: np.ndarray, k: int, consumer_sum: bool
-) -> list[tuple[Part, np.ndarray]]:
-    """(part, (N, w)) -> (part, (K, w)): one unit per cluster."""
-    sizes = cluster_sizes(labels, k).astype(np.float64)
+    parts: Sequence[tuple[Part, Any]], labels: Any, k: int, consumer_sum: bool, xp: Any = np
+) -> list[tuple[Part, Any]]:
+    """(part, (N, w)) -> (part, (K, w)): one unit per cluster (arrays of namespace ``xp``)."""
+    sizes = cluster_sizes(labels, k, xp).astype(xp.float64)
     kept = labels >= 0
     out = []
     for part, units in parts:
-        sums = np.zeros((k, units.shape[1]), dtype=np.float64)
-        np.add.at(sums, labels[kept], units[kept])
+        sums = segment_sum(xp, labels[kept], units[kept], k)
         if part.role != "consumer" or not consumer_sum:
             sums /= sizes[:, None]
         out.append((part, sums))
     return out
 
 
-def expand(folded: Sequence[tuple[Part, np.ndarray]], labels: np.ndarray, k: int) -> list[tuple[Part, np.ndarray]]:
+def expand(folded: Sequence[tuple[Part, Any]], labels: Any, k: int, xp: Any = np) -> list[tuple[Part, Any]]:
     """Folded (K, w) parts -> same-shape (N, w) parts computing the same function."""
-    sizes = cluster_sizes(labels, k).astype(np.float64)
+    sizes = cluster_sizes(labels, k, xp).astype(xp.float64)
     kept = labels >= 0
     out = []
     for part, merged in folded:
-        full = np.zeros((labels.shape[0], merged.shape[1]), dtype=np.float64)
+        full = xp.zeros((labels.shape[0], merged.shape[1]), dtype=xp.float64)
         rows = merged[labels[kept]]
         if part.role == "consumer":
             rows = rows / sizes[labels[kept]][:, None]

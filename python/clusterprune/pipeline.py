@@ -24,6 +24,7 @@ from .progress import Progress
 from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
 from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, Recipe, make_recipe
 from .unitmap import ModuleSpec, Part, from_units, to_units
+from .xp_kmeans import kmeans_xp, namespace, to_host
 
 EXPORTS = ("fused", "folded")
 PLAN_FILE = "clusterprune_plan.json"
@@ -54,6 +55,7 @@ class Report:
     bytes_before: int = 0
     bytes_after: int = 0
     seconds: float = 0.0
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         d = self.plan.to_dict()
@@ -69,12 +71,25 @@ class Report:
             bytes_before=self.bytes_before,
             bytes_after=self.bytes_after,
             seconds=self.seconds,
+            device=self.device,
         )
         return d
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Where the per-module work runs: ``cpu`` (the Rust engine, ``num_threads`` workers), ``cuda``
+    (CuPy) or ``numpy`` (the CuPy code path run by NumPy, for testing)."""
+
+    device: str = "cpu"
+    num_threads: int | None = None
+
+    def namespace(self) -> Any:
+        return np if self.device == "cpu" else namespace(self.device)
+
+
 def group_units(
-    parts: list[tuple[Part, np.ndarray]], k: int, recipe: Recipe, seed: int, num_threads: int | None = None
+    parts: list[tuple[Part, np.ndarray]], k: int, recipe: Recipe, seed: int, compute: Compute = Compute()
 ) -> tuple[np.ndarray, float, int, str]:
     """labels (cluster per unit, -1 removed), relative WCSS, Lloyd iterations, init used."""
     n = parts[0][1].shape[0]
@@ -89,7 +104,10 @@ def group_units(
         return labels, (removed / total if total > 0 else 0.0), 0, "-"
     features = np.concatenate(WEIGHTINGS[recipe.weighting](FEATURES[recipe.feature](parts)), axis=1)
     total = float(np.sum(features * features))
-    result = kmeans(features, k, seed, init=recipe.init, max_iter=recipe.max_iter, num_threads=num_threads)
+    if compute.device == "cpu":
+        result = kmeans(features, k, seed, init=recipe.init, max_iter=recipe.max_iter, num_threads=compute.num_threads)
+    else:
+        result = kmeans_xp(features, k, seed, xp=compute.namespace(), init=recipe.init, max_iter=recipe.max_iter)
     labels = relabel_by_first_member(result.assignments)
     return labels, (result.inertia / total if total > 0 else 0.0), result.n_iter, result.init
 
@@ -143,7 +161,7 @@ def execute(
     export: str = "fused",
     overwrite: bool = False,
     progress: bool | None = None,
-    num_threads: int | None = None,
+    compute: Compute = Compute(),
 ) -> Report:
     """Writes the compressed checkpoint of ``plan`` to ``dst`` (atomically)."""
     if export not in EXPORTS:
@@ -152,7 +170,7 @@ def execute(
     _check_destination(ckpt.path, dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    report = Report(plan=plan, export=export, destination=str(dst))
+    report = Report(plan=plan, export=export, destination=str(dst), device=compute.device)
     shapes = _output_shapes(ckpt, plan, export)
     meta_plan = {
         "version": __version__,
@@ -175,7 +193,7 @@ def execute(
         bar = Progress(len(plan.modules), "compress", progress)
         for m in plan.modules:
             spec = plan.specs[m.name]
-            report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, num_threads))
+            report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
             done.update(p.tensor for p in spec.parts)
             bar.update(m.name)
         for name in ckpt.names():
@@ -215,15 +233,17 @@ def _compress_module(
     plan: Plan,
     export: str,
     writers: dict[str, SafetensorsWriter],
-    num_threads: int | None,
+    compute: Compute,
 ) -> ModuleResult:
     t0 = time.monotonic()
     parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
-    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, num_threads)
-    folded = fold(parts, labels, m.k, FUSIONS[plan.recipe.fusion])
-    new_parts = folded if export == "folded" else expand(folded, labels, m.k)
+    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, compute)
+    xp = compute.namespace()
+    on_device = [(p, xp.asarray(u)) for p, u in parts]
+    folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[plan.recipe.fusion], xp)
+    new_parts = folded if export == "folded" else expand(folded, xp.asarray(labels), m.k, xp)
     for part, units in new_parts:
-        tensor = from_units(units.astype(np.float32), spec, part)
+        tensor = from_units(to_host(xp, units).astype(np.float32), spec, part)
         writers[ckpt.where[part.tensor]].write(part.tensor, from_f32(tensor, ckpt.info(part.tensor).dtype))
     return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
 
@@ -268,17 +288,22 @@ def compress(
     overwrite: bool = False,
     progress: bool | None = None,
     num_threads: int | None = None,
+    device: str = "cpu",
     **options: Any,
 ) -> Report:
     """Compresses the checkpoint directory ``src`` into ``dst``.
 
     ``options`` override the recipe's choices: method, allocation, feature, weighting, fusion,
-    score, variance_groups, high_factor, init, max_iter.
+    score, variance_groups, high_factor, init, max_iter. ``device``: cpu (Rust engine), cuda
+    (CuPy) or numpy (the CuPy code path on the CPU).
     """
     chosen = make_recipe(recipe, **options)
+    Compute(device, num_threads).namespace()  # an unavailable device fails before any work
     if export not in EXPORTS:
         raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
     with Checkpoint(src) as ckpt:
         _check_destination(ckpt.path, Path(dst), overwrite)
         plan = make_plan(ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed)
-        return execute(plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, num_threads=num_threads)
+        return execute(
+            plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, compute=Compute(device, num_threads)
+        )

@@ -8,7 +8,18 @@ from collections.abc import Sequence
 
 from . import __version__
 from .errors import ClusterpruneError, InvalidArgumentError
-from .strategies import ALLOCATIONS, FEATURES, FUSIONS, INITS, METHODS, RECIPES, SCORES, VARIANCE_GROUPS, WEIGHTINGS
+from .strategies import (
+    ALLOCATIONS,
+    FEATURES,
+    FUSIONS,
+    INITS,
+    KINDS,
+    METHODS,
+    RECIPES,
+    SCORES,
+    VARIANCE_GROUPS,
+    WEIGHTINGS,
+)
 
 
 def _k_override(text: str) -> tuple[str, int]:
@@ -74,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--high-factor", type=float, help="K multiplier of the high-variance third (paper 1.2)")
     g.add_argument("--init", choices=INITS, help="k-means initialisation")
     g.add_argument("--max-iter", type=int, help="maximum Lloyd iterations")
+    g.add_argument("--kinds", choices=KINDS, help="module kinds compressed (all, ffn, attention)")
     c.add_argument("--threads", type=int, help="worker threads of the CPU engine (default: all cores)")
     c.add_argument(
         "--device",
@@ -243,6 +255,7 @@ def _compress(args: argparse.Namespace) -> int:
         high_factor=args.high_factor,
         init=args.init,
         max_iter=args.max_iter,
+        kinds=args.kinds,
     )
     data = report.to_dict()
     if args.report:

@@ -8,6 +8,7 @@ processor. References and hypotheses go through Whisper's English text normalise
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -74,11 +75,14 @@ def _whisper_batch(
     ).input_features
     limit = model.config.max_target_positions - 4
     bound = max(max_new_tokens(u.duration, limit) for u in batch)
-    kwargs: dict[str, Any] = {"max_new_tokens": bound, "do_sample": False, "num_beams": 1}
-    if getattr(model.generation_config, "is_multilingual", False):
+    gen = copy.deepcopy(model.generation_config)
+    gen.max_length = None  # the bound below is the only length limit (and no warning about two)
+    gen.max_new_tokens, gen.do_sample, gen.num_beams = bound, False, 1
+    kwargs: dict[str, Any] = {}
+    if getattr(gen, "is_multilingual", False):
         kwargs.update(language=language or "en", task=task)
     with torch.no_grad():
-        out = model.generate(feats, **kwargs)
+        out = model.generate(feats, generation_config=gen, **kwargs)
     sequences = out.sequences if hasattr(out, "sequences") else out
     texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
     eot = model.generation_config.eos_token_id

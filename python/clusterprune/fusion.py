@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .strategies import Fusion
 from .unitmap import Part
 from .xp_kmeans import segment_sum
 
@@ -33,16 +34,23 @@ def cluster_sizes(labels: Any, k: int, xp: Any = np) -> Any:
     return xp.bincount(labels[labels >= 0], minlength=k)
 
 
-def fold(
-    parts: Sequence[tuple[Part, Any]], labels: Any, k: int, consumer_sum: bool, xp: Any = np
-) -> list[tuple[Part, Any]]:
+def fold(parts: Sequence[tuple[Part, Any]], labels: Any, k: int, rule: Fusion, xp: Any = np) -> list[tuple[Part, Any]]:
     """(part, (N, w)) -> (part, (K, w)): one unit per cluster (arrays of namespace ``xp``)."""
     sizes = cluster_sizes(labels, k, xp).astype(xp.float64)
     kept = labels >= 0
     out = []
     for part, units in parts:
+        if part.role == "producer" and rule.producer_direction:
+            norms = xp.sqrt((units * units).sum(axis=1))
+            dirs = units / xp.where(norms > 0, norms, 1.0)[:, None]
+            mean_dir = segment_sum(xp, labels[kept], dirs[kept], k)
+            length = xp.sqrt((mean_dir * mean_dir).sum(axis=1))
+            mean_norm = segment_sum(xp, labels[kept], norms[kept][:, None], k)[:, 0] / sizes
+            scale = xp.where(length > 0, mean_norm / xp.where(length > 0, length, 1.0), 0.0)
+            out.append((part, mean_dir * scale[:, None]))
+            continue
         sums = segment_sum(xp, labels[kept], units[kept], k)
-        if part.role != "consumer" or not consumer_sum:
+        if part.role != "consumer" or not rule.consumer_sum:
             sums /= sizes[:, None]
         out.append((part, sums))
     return out

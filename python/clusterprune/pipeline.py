@@ -22,7 +22,7 @@ from .fusion import expand, fold, relabel_by_first_member
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
 from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
-from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, Recipe, make_recipe
+from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, ModuleContext, Recipe, make_recipe
 from .unitmap import ModuleSpec, Part, from_units, to_units
 from .xp_kmeans import kmeans_xp, namespace, to_host
 
@@ -89,12 +89,18 @@ class Compute:
 
 
 def group_units(
-    parts: list[tuple[Part, np.ndarray]], k: int, recipe: Recipe, seed: int, compute: Compute = Compute()
+    parts: list[tuple[Part, np.ndarray]],
+    k: int,
+    recipe: Recipe,
+    seed: int,
+    compute: Compute = Compute(),
+    ctx: ModuleContext | None = None,
 ) -> tuple[np.ndarray, float, int, str]:
     """labels (cluster per unit, -1 removed), relative WCSS, Lloyd iterations, init used."""
+    ctx = ctx or ModuleContext()
     n = parts[0][1].shape[0]
     if recipe.method == "magnitude":
-        keep = top_k(SCORES[recipe.score](parts), k)
+        keep = top_k(SCORES[recipe.score](parts, ctx), k)
         labels = np.full(n, -1, dtype=np.int64)
         labels[keep] = np.arange(k)
         blocks = FEATURES[recipe.feature](parts)
@@ -237,7 +243,7 @@ def _compress_module(
 ) -> ModuleResult:
     t0 = time.monotonic()
     parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
-    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, compute)
+    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, compute, module_context(ckpt, spec))
     xp = compute.namespace()
     on_device = [(p, xp.asarray(u)) for p, u in parts]
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[plan.recipe.fusion], xp)
@@ -246,6 +252,16 @@ def _compress_module(
         tensor = from_units(to_host(xp, units).astype(np.float32), spec, part)
         writers[ckpt.where[part.tensor]].write(part.tensor, from_f32(tensor, ckpt.info(part.tensor).dtype))
     return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
+
+
+def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
+    """The LayerNorm feeding the module (when the checkpoint has it) and its activation."""
+    norm = spec.input_norm
+    if norm is None or f"{norm}.weight" not in ckpt.where or f"{norm}.bias" not in ckpt.where:
+        return ModuleContext(activation=spec.activation)
+    weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
+    bias = ckpt.f32(f"{norm}.bias").astype(np.float64)
+    return ModuleContext(weight, bias, spec.activation)
 
 
 def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:

@@ -174,7 +174,11 @@ def make_plan(
         umap = unit_map(ckpt.config, set(ckpt.where))
         validate_checkpoint(ckpt, umap)
         selected = [
-            s for s in umap.modules if (inc is None or inc.search(s.name)) and (exc is None or not exc.search(s.name))
+            s
+            for s in umap.modules
+            if (inc is None or inc.search(s.name))
+            and (exc is None or not exc.search(s.name))
+            and recipe.kinds in ("all", s.kind)
         ]
         if not selected:
             raise InvalidArgumentError(

@@ -189,6 +189,7 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         (out / "PLOTS_SKIPPED.txt").write_text("matplotlib is not installed: pip install 'clusterprune[eval]'\n")
         return
@@ -205,6 +206,8 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     ax.set_xlabel("sparsity (% of units per module)")
     ax.set_ylabel("WER (%)")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -40,6 +40,8 @@ class ModuleSpec:
     unit_rows: int  # head_dim for heads, 1 for neurons
     hidden: int  # model width
     parts: tuple[Part, ...]
+    input_norm: str | None = None  # prefix of the LayerNorm whose output feeds the module
+    activation: str = "gelu"  # of FFN neurons
 
     def expected_shape(self, part: Part) -> tuple[int, ...]:
         width = self.n_units * self.unit_rows
@@ -111,12 +113,14 @@ def _attention(name: str, mtype: str, layer: int, heads: int, hidden: int, k_bia
     return ModuleSpec(name, "attention", mtype, layer, heads, hidden // heads, hidden, tuple(parts))
 
 
-def _ffn(name: str, mtype: str, layer: int, width: int, hidden: int, fc1: str, fc2: str, names: set[str]) -> ModuleSpec:
+def _ffn(
+    name: str, mtype: str, layer: int, width: int, hidden: int, fc1: str, fc2: str, names: set[str], norm: str, act: str
+) -> ModuleSpec:
     parts = [Part(f"{fc1}.weight", "producer")]
     if f"{fc1}.bias" in names:
         parts.append(Part(f"{fc1}.bias", "bias"))
     parts.append(Part(f"{fc2}.weight", "consumer"))
-    return ModuleSpec(name, "ffn", mtype, layer, width, 1, hidden, tuple(parts))
+    return ModuleSpec(name, "ffn", mtype, layer, width, 1, hidden, tuple(parts), norm, act)
 
 
 def whisper_map(config: dict[str, Any], names: set[str]) -> UnitMap:
@@ -131,7 +135,11 @@ def whisper_map(config: dict[str, Any], names: set[str]) -> UnitMap:
             modules.append(_attention(f"{base}.self_attn", f"{stack}.self_attn", i, heads, d, False, names))
             if stack == "decoder":
                 modules.append(_attention(f"{base}.encoder_attn", "decoder.cross_attn", i, heads, d, False, names))
-            modules.append(_ffn(f"{base}.ffn", f"{stack}.ffn", i, ffn, d, f"{base}.fc1", f"{base}.fc2", names))
+            act = str(config.get("activation_function", "gelu"))
+            norm = f"{base}.final_layer_norm"  # pre-LN: the FFN reads final_layer_norm(x)
+            modules.append(
+                _ffn(f"{base}.ffn", f"{stack}.ffn", i, ffn, d, f"{base}.fc1", f"{base}.fc2", names, norm, act)
+            )
     return UnitMap("whisper", tuple(modules))
 
 
@@ -146,7 +154,13 @@ def ctc_encoder_map(config: dict[str, Any], names: set[str]) -> UnitMap:
         base = f"{p}encoder.layers.{i}"
         modules.append(_attention(f"{base}.attention", "encoder.self_attn", i, heads, d, True, names))
         ff = f"{base}.feed_forward"
-        modules.append(_ffn(f"{ff}", "encoder.ffn", i, ffn, d, f"{ff}.intermediate_dense", f"{ff}.output_dense", names))
+        # stable-layer-norm (pre-LN) blocks feed the FFN through final_layer_norm, post-LN blocks
+        # through layer_norm (applied after the attention residual)
+        norm = f"{base}.final_layer_norm" if config.get("do_stable_layer_norm") else f"{base}.layer_norm"
+        act = str(config.get("hidden_act", "gelu"))
+        modules.append(
+            _ffn(ff, "encoder.ffn", i, ffn, d, f"{ff}.intermediate_dense", f"{ff}.output_dense", names, norm, act)
+        )
     return UnitMap(family, tuple(modules))
 
 

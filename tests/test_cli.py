@@ -208,3 +208,18 @@ def test_shard_listed_but_missing(capsys, tmp_path, checkpoints):
     shard = sorted(src.glob("model-*.safetensors"))[0]
     shard.unlink()
     expect_error(capsys, tmp_path, [], f"{shard.name}: shard listed in model.safetensors.index.json not found", src=src)
+
+
+def test_outputs_get_the_usual_permissions(capsys, tmp_path, checkpoints):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        code, _, _ = run_cli(
+            capsys, "compress", checkpoints["whisper"], tmp_path / "o", "--report", tmp_path / "r.json"
+        )
+    finally:
+        os.umask(old)
+    assert code == 0
+    assert (tmp_path / "o").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644

@@ -120,52 +120,35 @@ def test_bad_ct2_checkpoints(tmp_path):
     assert code == 1 and not (tmp_path / "dst").exists()
 
 
+def _eval_json(model: Path, out: Path) -> dict:
+    args = [
+        "eval",
+        str(model),
+        "--data",
+        str(LIBRISPEECH),
+        "--subset",
+        "test-clean",
+        "--limit",
+        "4",
+        "--json",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    return json.loads(out.read_text())
+
+
 @needs_package
 @needs_data
 def test_eval_json_and_compressed_checkpoints(tiny_en, tmp_path, capsys):
-    code = cli.main(
-        [
-            "eval",
-            str(tiny_en),
-            "--data",
-            str(LIBRISPEECH),
-            "--subset",
-            "test-clean",
-            "--limit",
-            "4",
-            "--json",
-            str(tmp_path / "dense.json"),
-        ]
-    )
-    assert code == 0, capsys.readouterr().err
-    dense = json.loads((tmp_path / "dense.json").read_text())
+    dense = _eval_json(tiny_en, tmp_path / "dense.json")
     assert {"wer", "substitutions", "deletions", "insertions", "num_utterances", "utterances"} <= set(dense)
     assert dense["num_utterances"] == 4 and dense["wer"] < 0.25
     assert all({"id", "reference", "hypothesis"} <= set(u) for u in dense["utterances"])
     assert "WER" in capsys.readouterr().out
     # a folded checkpoint at sparsity 0 transcribes exactly like the dense one
-    assert (
-        cli.main(["compress", str(tiny_en), str(tmp_path / "f0"), "--sparsity", "0", "--export", "folded", "--quiet"])
-        == 0
-    )
-    assert (
-        cli.main(
-            [
-                "eval",
-                str(tmp_path / "f0"),
-                "--data",
-                str(LIBRISPEECH),
-                "--subset",
-                "test-clean",
-                "--limit",
-                "4",
-                "--json",
-                str(tmp_path / "f0.json"),
-            ]
-        )
-        == 0
-    )
-    folded = json.loads((tmp_path / "f0.json").read_text())
+    args = ["compress", str(tiny_en), str(tmp_path / "f0"), "--sparsity", "0", "--export", "folded", "--quiet"]
+    assert cli.main(args) == 0
+    folded = _eval_json(tmp_path / "f0", tmp_path / "f0.json")
     assert [u["hypothesis"] for u in folded["utterances"]] == [u["hypothesis"] for u in dense["utterances"]]
 
 

@@ -21,6 +21,7 @@ from .errors import InvalidArgumentError, OutputExistsError
 from .fusion import expand, fold, relabel_by_first_member
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
+from .report import apply_umask
 from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
 from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, ModuleContext, Recipe, make_recipe
 from .unitmap import ModuleSpec, Part, from_units, to_units
@@ -147,9 +148,7 @@ def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
 
 def _publish(tmp: Path, dst: Path) -> None:
     """Moves the finished temporary directory to ``dst`` (replacing an old one)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give the result the usual permissions
+    apply_umask(tmp, 0o777)
     if dst.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.rename(dst, old / "x")

@@ -25,10 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clusterprune  # noqa: E402
-from bench_whisper_large import make_checkpoint  # noqa: E402
+from bench_whisper_large import make_checkpoint, unit_matrix  # noqa: E402
 from clusterprune.checkpoint import Checkpoint  # noqa: E402
-from clusterprune.strategies import FEATURES  # noqa: E402
-from clusterprune.unitmap import to_units, unit_map  # noqa: E402
+from clusterprune.unitmap import unit_map  # noqa: E402
 from clusterprune.xp_kmeans import kmeans_xp, namespace  # noqa: E402
 
 
@@ -55,8 +54,7 @@ def main() -> None:
         clustered = [s for s in umap.modules if plan[s.name] < s.n_units]
         step = max(len(clustered) // max(args.agree_modules, 1), 1)
         for spec in clustered[::step][: args.agree_modules]:
-            parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
-            x = np.ascontiguousarray(np.concatenate(FEATURES["weights"](parts), axis=1), dtype=np.float32)
+            x = unit_matrix(ckpt, spec)
             k = plan[spec.name]
             t = time.perf_counter()
             cpu = clusterprune.kmeans(x, k, 0)

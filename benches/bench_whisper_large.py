@@ -142,6 +142,12 @@ def inertia(x: np.ndarray, labels: np.ndarray) -> float:
     return total
 
 
+def unit_matrix(ckpt: Checkpoint, spec) -> np.ndarray:
+    """The module's unit matrix as the paper recipe clusters it (producer + consumer weights)."""
+    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
+    return np.ascontiguousarray(np.concatenate(FEATURES["weights"](parts), axis=1), dtype=np.float32)
+
+
 def sklearn_side_by_side(src: Path, report: dict, count: int) -> list[dict]:
     from sklearn.cluster import KMeans
 
@@ -154,8 +160,7 @@ def sklearn_side_by_side(src: Path, report: dict, count: int) -> list[dict]:
         attn = [s for s in umap.modules if s.kind == "attention" and plan[s.name] < s.n_units]
         sample = [attn[0], ffn[0], attn[len(attn) // 2], ffn[-1]][:count]
         for spec in sample:
-            parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
-            x = np.ascontiguousarray(np.concatenate(FEATURES["weights"](parts), axis=1), dtype=np.float32)
+            x = unit_matrix(ckpt, spec)
             k = plan[spec.name]
             t = time.perf_counter()
             ours = kmeans(x, k, 0)

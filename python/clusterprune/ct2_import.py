@@ -228,29 +228,28 @@ def hf_tensors(model: Ct2Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         linear(f"encoder/{c}", f"model.encoder.{c}")
     out["model.encoder.embed_positions.weight"] = get("encoder/position_encodings/encodings")
     enc, dec = _layers(model, "encoder"), _layers(model, "decoder")
-    for i in range(enc):
-        s, t = f"encoder/layer_{i}", f"model.encoder.layers.{i}"
+
+    def block(s: str, t: str) -> None:
+        """Self-attention and FFN of one layer (shared by encoder and decoder)."""
         norm(f"{s}/self_attention/layer_norm", f"{t}.self_attn_layer_norm")
         split(f"{s}/self_attention/linear_0", [f"{t}.self_attn.{p}_proj" for p in "qkv"], {f"{t}.self_attn.k_proj"})
         linear(f"{s}/self_attention/linear_1", f"{t}.self_attn.out_proj")
         norm(f"{s}/ffn/layer_norm", f"{t}.final_layer_norm")
         linear(f"{s}/ffn/linear_0", f"{t}.fc1")
         linear(f"{s}/ffn/linear_1", f"{t}.fc2")
+
+    for i in range(enc):
+        block(f"encoder/layer_{i}", f"model.encoder.layers.{i}")
     norm("encoder/layer_norm", "model.encoder.layer_norm")
     out["model.decoder.embed_tokens.weight"] = get("decoder/embeddings/weight")
     out["model.decoder.embed_positions.weight"] = get("decoder/position_encodings/encodings")
     for i in range(dec):
         s, t = f"decoder/layer_{i}", f"model.decoder.layers.{i}"
-        norm(f"{s}/self_attention/layer_norm", f"{t}.self_attn_layer_norm")
-        split(f"{s}/self_attention/linear_0", [f"{t}.self_attn.{p}_proj" for p in "qkv"], {f"{t}.self_attn.k_proj"})
-        linear(f"{s}/self_attention/linear_1", f"{t}.self_attn.out_proj")
+        block(s, t)
         norm(f"{s}/attention/layer_norm", f"{t}.encoder_attn_layer_norm")
         linear(f"{s}/attention/linear_0", f"{t}.encoder_attn.q_proj")
         split(f"{s}/attention/linear_1", [f"{t}.encoder_attn.{p}_proj" for p in "kv"], {f"{t}.encoder_attn.k_proj"})
         linear(f"{s}/attention/linear_2", f"{t}.encoder_attn.out_proj")
-        norm(f"{s}/ffn/layer_norm", f"{t}.final_layer_norm")
-        linear(f"{s}/ffn/linear_0", f"{t}.fc1")
-        linear(f"{s}/ffn/linear_1", f"{t}.fc2")
     norm("decoder/layer_norm", "model.decoder.layer_norm")
     target = model.aliases.get("decoder/projection/weight")
     if "decoder/projection/weight" in v or (target and target != "decoder/embeddings/weight"):

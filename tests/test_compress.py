@@ -68,7 +68,7 @@ def test_fused_and_folded_compute_the_same_function(checkpoints, tmp_path, famil
 @pytest.mark.parametrize("family", ["whisper", "hubert"])
 def test_sparsity_zero_reproduces_the_original(checkpoints, tmp_path, family):
     src = checkpoints[family]
-    clusterprune.compress(src, tmp_path / "out", 0.0, export="folded")
+    clusterprune.compress(src, tmp_path / "out", 0.0, export="folded", recipe="paper")
     with Checkpoint(src) as a, Checkpoint(tmp_path / "out") as b:
         assert a.names() == b.names()
         for name in a.names():
@@ -97,7 +97,9 @@ def test_magnitude_and_kmeans_share_the_plan_and_magnitude_zeroes_removed_units(
 
 def test_fused_units_are_centroids(checkpoints, tmp_path):
     src = checkpoints["whisper"]
-    clusterprune.compress(src, tmp_path / "o", 0.5, include=r"encoder\.layers\.0\.ffn", allocation="uniform")
+    clusterprune.compress(
+        src, tmp_path / "o", 0.5, include=r"encoder\.layers\.0\.ffn", allocation="uniform", recipe="paper"
+    )
     with Checkpoint(src) as a, Checkpoint(tmp_path / "o") as b:
         w1 = b.f32("model.encoder.layers.0.fc1.weight")
         c1 = b.f32("model.encoder.layers.0.fc2.weight")
@@ -116,8 +118,8 @@ def test_fused_units_are_centroids(checkpoints, tmp_path):
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_checkpoints_keep_their_dtype(checkpoints, tmp_path, dtype):
     src = checkpoints[f"whisper_{dtype}"]
-    clusterprune.compress(src, tmp_path / "fused", 0.25)
-    clusterprune.compress(src, tmp_path / "folded", 0.25, export="folded")
+    clusterprune.compress(src, tmp_path / "fused", 0.25, recipe="paper")
+    clusterprune.compress(src, tmp_path / "folded", 0.25, export="folded", recipe="paper")
     m = transformers.WhisperForConditionalGeneration.from_pretrained(tmp_path / "fused", dtype=getattr(torch, dtype))
     assert m.model.encoder.layers[0].fc1.weight.dtype == getattr(torch, dtype)
     a = whisper_outputs(m.float())
@@ -130,7 +132,7 @@ def test_half_precision_checkpoints_keep_their_dtype(checkpoints, tmp_path, dtyp
 def test_sharded_checkpoint_keeps_its_shards(checkpoints, tmp_path):
     src = checkpoints["whisper_sharded"]
     assert (src / "model.safetensors.index.json").exists()
-    clusterprune.compress(src, tmp_path / "o", 0.2, export="folded")
+    clusterprune.compress(src, tmp_path / "o", 0.2, export="folded", recipe="paper")
     index = json.loads((tmp_path / "o" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {p.name for p in src.glob("model-*.safetensors")}
     size = sum((tmp_path / "o" / f).stat().st_size for f in set(index["weight_map"].values()))
@@ -139,14 +141,14 @@ def test_sharded_checkpoint_keeps_its_shards(checkpoints, tmp_path):
 
 def test_output_is_byte_identical_whatever_the_thread_count(checkpoints, tmp_path):
     src = checkpoints["hubert"]
-    clusterprune.compress(src, tmp_path / "t1", 0.3, num_threads=1, init="kmeans++", seed=3)
-    clusterprune.compress(src, tmp_path / "t3", 0.3, num_threads=3, init="kmeans++", seed=3)
+    clusterprune.compress(src, tmp_path / "t1", 0.3, num_threads=1, init="kmeans++", seed=3, recipe="paper")
+    clusterprune.compress(src, tmp_path / "t3", 0.3, num_threads=3, init="kmeans++", seed=3, recipe="paper")
     assert (tmp_path / "t1" / "model.safetensors").read_bytes() == (tmp_path / "t3" / "model.safetensors").read_bytes()
 
 
 def test_metadata_report_and_aux_files(checkpoints, tmp_path):
     src = checkpoints["whisper"]
-    report = clusterprune.compress(src, tmp_path / "o", 0.1, seed=5, weighting="balanced")
+    report = clusterprune.compress(src, tmp_path / "o", 0.1, seed=5, weighting="balanced", recipe="paper")
     out = tmp_path / "o"
     assert (out / "generation_config.json").read_bytes() == (src / "generation_config.json").read_bytes()
     with Checkpoint(out) as c:

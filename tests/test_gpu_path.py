@@ -73,8 +73,8 @@ def test_compress_on_the_numpy_path_matches_the_cpu_engine(checkpoints, tmp_path
     from clusterprune.checkpoint import Checkpoint
 
     src = checkpoints["hubert"]
-    clusterprune.compress(src, tmp_path / "cpu", 0.3, export="folded")
-    report = clusterprune.compress(src, tmp_path / "xp", 0.3, export="folded", device="numpy")
+    clusterprune.compress(src, tmp_path / "cpu", 0.3, export="folded", recipe="paper")
+    report = clusterprune.compress(src, tmp_path / "xp", 0.3, export="folded", device="numpy", recipe="paper")
     assert report.to_dict()["device"] == "numpy"
     with Checkpoint(tmp_path / "cpu") as a, Checkpoint(tmp_path / "xp") as b:
         for name in a.names():

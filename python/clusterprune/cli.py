@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -10,6 +11,8 @@ from . import __version__
 from .errors import ClusterpruneError, InvalidArgumentError
 from .strategies import (
     ALLOCATIONS,
+    BUDGETS,
+    DEFAULT_RECIPE,
     FEATURES,
     FUSIONS,
     INITS,
@@ -52,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--sparsity", type=float, default=0.1, help="fraction of units removed per module, in [0, 1) (default 0.1)"
     )
-    c.add_argument("--recipe", choices=sorted(RECIPES), default="paper", help="named set of choices (default: paper)")
+    c.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default=DEFAULT_RECIPE,
+        help=f"named set of choices (default: {DEFAULT_RECIPE}; 'paper' reproduces Xu et al.; see README 'Recipes')",
+    )
     c.add_argument("--method", choices=METHODS, help="kmeans (clustering) or magnitude (prune smallest units)")
     c.add_argument("--allocation", choices=ALLOCATIONS, help="uniform K per module or the paper's variance-mixed plan")
     c.add_argument(
@@ -86,6 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--init", choices=INITS, help="k-means initialisation")
     g.add_argument("--max-iter", type=int, help="maximum Lloyd iterations")
     g.add_argument("--kinds", choices=KINDS, help="module kinds compressed (all, ffn, attention)")
+    g.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        help="units: --sparsity is the fraction of units of every compressed module; params: of all compressible "
+        "parameters of the model",
+    )
+    g.add_argument(
+        "--remove-heads", type=int, help="remove exactly this many heads from every encoder self-attention module"
+    )
+    g.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold removed units' modelled mean output into the consumer bias (magnitude only)",
+    )
+    g.add_argument(
+        "--refit",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-solve kept FFN neurons' fc2 columns under the Gaussian LayerNorm input model (magnitude only)",
+    )
     c.add_argument("--threads", type=int, help="worker threads of the CPU engine (default: all cores)")
     c.add_argument(
         "--device",
@@ -137,10 +166,63 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated; 'recipe' = each recipe's own allocation (default uniform,variance)",
     )
     w.add_argument("--export", choices=("fused", "folded"), default="fused")
+    w.add_argument("--budget", choices=BUDGETS, help="override every recipe's budget (units or params)")
     w.add_argument("--include", metavar="REGEX", help="only modules whose name matches")
     w.add_argument("--exclude", metavar="REGEX", help="skip modules whose name matches")
     w.add_argument("--keep-models", action="store_true", help="keep every compressed checkpoint")
     w.add_argument("--out", required=True, help="output directory")
+
+    f = sub.add_parser(
+        "finetune",
+        help="short fine-tuning that keeps the compression (Whisper CE / CTC; one or many processes)",
+        description="Fine-tune MODEL_DIR on DATA and write the result to OUT, a checkpoint of the same kind "
+        "(folded: trained as the smaller dense model; fused: cluster members stay tied, removed units stay zero). "
+        "For several GPUs or processes launch the same command with 'torchrun --nproc_per_node N -m "
+        "clusterprune.cli finetune ...' or 'accelerate launch -m clusterprune.cli finetune ...'; --batch-size is "
+        "the global batch. State is saved in OUT.partial/ every --save-every steps; --resume continues a killed run.",
+    )
+    f.add_argument("model_dir", help="checkpoint directory (compressed by clusterprune, or dense with --no-preserve)")
+    f.add_argument(
+        "--data",
+        required=True,
+        help="training data: LibriSpeech-layout directory, save_to_disk dataset, or parquet/json/csv",
+    )
+    f.add_argument("--subset", help="subset directory or split of --data")
+    f.add_argument("--limit", type=int, help="use at most N training utterances")
+    f.add_argument("--out", required=True, help="output checkpoint directory (written atomically at the end)")
+    f.add_argument("--epochs", type=int, default=3, help="passes over the data (default 3, as the paper)")
+    f.add_argument("--lr", type=float, default=2e-4, help="AdamW peak learning rate (default 2e-4, as the paper)")
+    f.add_argument("--batch-size", type=int, default=16, help="global batch in utterances (default 16, as the paper)")
+    f.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step in each process (default 1)")
+    f.add_argument("--max-steps", type=int, help="stop after N optimizer steps (overrides --epochs)")
+    f.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
+    f.add_argument("--warmup-ratio", type=float, default=0.1, help="linear warm-up fraction of the steps (default 0.1)")
+    f.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm (default 1.0)")
+    f.add_argument("--seed", type=int, default=0, help="data order and dropout seed (default 0)")
+    f.add_argument("--save-every", type=int, default=100, help="save the training state every N steps (default 100)")
+    f.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 autocast on CUDA, fp32 on the CPU",
+    )
+    f.add_argument("--device", default="cpu", help="torch device (default cpu; cuda for GPUs, one per process)")
+    f.add_argument(
+        "--no-freeze-feature-encoder",
+        action="store_true",
+        help="also train the convolutional feature encoder of HuBERT / wav2vec2",
+    )
+    f.add_argument(
+        "--no-preserve",
+        action="store_true",
+        help="train freely (a dense model, or giving up the compression's tied / removed units)",
+    )
+    f.add_argument("--eval-data", help="report WER before and after on this data")
+    f.add_argument("--eval-subset", help="subset directory or split of --eval-data")
+    f.add_argument("--eval-limit", type=int, help="use at most N evaluation utterances")
+    f.add_argument("--resume", action="store_true", help="continue the run whose state is in OUT.partial/")
+    f.add_argument("--overwrite", action="store_true", help="replace OUT (and discard OUT.partial/)")
+    f.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
 
     i = sub.add_parser("inspect", help="list a checkpoint's compressible modules (and its plan, if compressed)")
     i.add_argument("src", help="checkpoint directory")
@@ -158,6 +240,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--language", help="Whisper language for multilingual checkpoints (default en)")
     p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument(
+        "--device", default="cpu", help="torch device the model runs on for evaluation (default cpu; e.g. cuda)"
+    )
 
 
 def _import(args: argparse.Namespace) -> int:
@@ -181,6 +266,7 @@ def _eval(args: argparse.Namespace) -> int:
         language=args.language,
         task=args.task,
         progress=args.progress,
+        device=args.device,
     )
     if args.json:
         write_json_atomic(args.json, result)
@@ -217,6 +303,8 @@ def _sweep(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         keep_models=args.keep_models,
         progress=args.progress,
+        budget=args.budget,
+        device=args.device,
     )
     from pathlib import Path
 
@@ -256,12 +344,60 @@ def _compress(args: argparse.Namespace) -> int:
         init=args.init,
         max_iter=args.max_iter,
         kinds=args.kinds,
+        budget=args.budget,
+        remove_heads=args.remove_heads,
+        compensate=args.compensate,
+        refit=args.refit,
     )
     data = report.to_dict()
     if args.report:
         write_json_atomic(args.report, data)
     if not args.quiet:
         print(format_compression(data))
+    return 0
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from .finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        max_steps=args.max_steps,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        seed=args.seed,
+        save_every=args.save_every,
+        precision=args.precision,
+        freeze_feature_encoder=not args.no_freeze_feature_encoder,
+        preserve=not args.no_preserve,
+        max_grad_norm=args.max_grad_norm,
+    )
+    report = finetune(
+        args.model_dir,
+        args.data,
+        args.out,
+        config,
+        subset=args.subset,
+        limit=args.limit,
+        eval_data=args.eval_data,
+        eval_subset=args.eval_subset,
+        eval_limit=args.eval_limit,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        device=args.device,
+        progress=args.progress,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"fine-tuned {report['structure']} {report['family']} model for {report['total_steps']} steps on "
+            f"{report['train_utterances']} utterances ({report['processes']} process(es), {report['device']}): "
+            f"loss {report['first_loss']:.3f} -> {report['last_loss']:.3f}; wrote {args.out}"
+        )
+        if "wer_after" in report:
+            print(f"WER {100 * report['wer_before']:.2f} % -> {100 * report['wer_after']:.2f} %")
     return 0
 
 
@@ -279,7 +415,14 @@ def _inspect(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"compress": _compress, "inspect": _inspect, "import-ct2": _import, "eval": _eval, "sweep": _sweep}
+        commands = {
+            "compress": _compress,
+            "inspect": _inspect,
+            "import-ct2": _import,
+            "eval": _eval,
+            "sweep": _sweep,
+            "finetune": _finetune,
+        }
         return commands[args.command](args)
     except ClusterpruneError as exc:
         print(f"clusterprune: error: {exc}", file=sys.stderr)

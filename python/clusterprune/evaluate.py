@@ -8,10 +8,12 @@ processor. References and hypotheses go through Whisper's English text normalise
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,34 @@ def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, str]:
     return model.float().eval(), processor, family
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers warns on every batch that max_new_tokens overrides the config's max_length
+    (intended: the duration bound) and that Whisper's 30 s inputs carry no attention mask (none is
+    needed); silence its logger during generation only."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def torch_device(device: str) -> Any:
+    """A torch device, with a clear error when it is unknown or not available here."""
+    import torch
+
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {device}: torch sees no CUDA GPU on this machine")
+    return target
+
+
 def _whisper_batch(
     model: Any, processor: Any, batch: list[Utterance], language: str | None, task: str
 ) -> tuple[list[str], list[bool]]:
@@ -72,7 +102,7 @@ def _whisper_batch(
 
     feats = processor.feature_extractor(
         [u.audio for u in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt"
-    ).input_features
+    ).input_features.to(model.device)
     limit = model.config.max_target_positions - 4
     bound = max(max_new_tokens(u.duration, limit) for u in batch)
     gen = copy.deepcopy(model.generation_config)
@@ -81,17 +111,22 @@ def _whisper_batch(
     kwargs: dict[str, Any] = {}
     if getattr(gen, "is_multilingual", False):
         kwargs.update(language=language or "en", task=task)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_transformers():
         out = model.generate(feats, generation_config=gen, **kwargs)
-    sequences = out.sequences if hasattr(out, "sequences") else out
-    texts = processor.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    sequences = (out.sequences if hasattr(out, "sequences") else out).cpu().tolist()
     eot = model.generation_config.eos_token_id
-    # Whisper's text tokens are exactly the ids below <|endoftext|>; an utterance hit its bound
-    # when it produced as many as its own duration allows
-    hit = [
-        sum(t < eot for t in row) >= max_new_tokens(u.duration, limit)
-        for row, u in zip(sequences.tolist(), batch, strict=True)
-    ]
+    # Whisper's text tokens are exactly the ids below <|endoftext|>. Every hypothesis is cut at its
+    # own utterance's bound, so results do not depend on which utterances share a batch; an
+    # utterance hit its bound when it produced as many text tokens as its duration allows.
+    rows, hit = [], []
+    for row, u in zip(sequences, batch, strict=True):
+        bound_u = max_new_tokens(u.duration, limit)
+        text_positions = [i for i, t in enumerate(row) if t < eot]
+        if len(text_positions) > bound_u:
+            row = row[: text_positions[bound_u]]
+        rows.append(row)
+        hit.append(len(text_positions) >= bound_u)
+    texts = processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
     return texts, hit
 
 
@@ -99,9 +134,12 @@ def _ctc_batch(model: Any, processor: Any, batch: list[Utterance]) -> tuple[list
     import torch
 
     inputs = processor([u.audio for u in batch], sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    mask = inputs.get("attention_mask")
     with torch.no_grad():
-        logits = model(inputs.input_values, attention_mask=inputs.get("attention_mask")).logits
-    ids = torch.argmax(logits, dim=-1)
+        logits = model(
+            inputs.input_values.to(model.device), attention_mask=None if mask is None else mask.to(model.device)
+        ).logits
+    ids = torch.argmax(logits, dim=-1).cpu()
     return processor.batch_decode(ids), [False] * len(batch)
 
 
@@ -116,9 +154,11 @@ def evaluate(
     task: str = "transcribe",
     progress: bool | None = None,
     utterances: list[Utterance] | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """WER and friends as a JSON-ready dict (see README: wer, substitutions, deletions,
-    insertions, num_utterances, utterances, real_time_factor, hit_length_bound)."""
+    insertions, num_utterances, utterances, real_time_factor, hit_length_bound).
+    ``device``: where the model runs (a torch device string: cpu, cuda, cuda:1, ...)."""
     import jiwer
     import torch
 
@@ -126,8 +166,13 @@ def evaluate(
         raise InvalidArgumentError(f"--batch-size {batch_size} must be >= 1")
     if task not in ("transcribe", "translate"):
         raise InvalidArgumentError(f"--task {task!r} must be transcribe or translate")
+    target = torch_device(device)
+    if target.type == "cuda":  # full fp32 on the GPU too, so that GPU and CPU WERs agree
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
     model, processor, family = load_model(model_dir)
+    model = model.to(target)
     torch.manual_seed(0)
     norm = _normalizer()
     hyps: list[str] = []
@@ -169,6 +214,7 @@ def evaluate(
         "hit_length_bound": int(sum(hits)),
         "audio_seconds": audio,
         "decode_seconds": seconds,
+        "device": str(target),
         "real_time_factor": seconds / audio if audio else 0.0,
         "utterances": [
             {"id": u.id, "reference": u.text, "hypothesis": h, "hit_length_bound": hit}

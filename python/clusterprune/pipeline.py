@@ -8,7 +8,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,20 @@ from .errors import InvalidArgumentError, OutputExistsError
 from .fusion import expand, fold, relabel_by_first_member
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
+from .refit import refit_consumer
 from .report import apply_umask
 from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
-from .strategies import FEATURES, FUSIONS, SCORES, WEIGHTINGS, ModuleContext, Recipe, make_recipe
+from .strategies import (
+    DEFAULT_RECIPE,
+    FEATURES,
+    FUSIONS,
+    SCORES,
+    WEIGHTINGS,
+    ModuleContext,
+    Recipe,
+    expected_contribution,
+    make_recipe,
+)
 from .unitmap import ModuleSpec, Part, from_units, to_units
 from .xp_kmeans import kmeans_xp, namespace, to_host
 
@@ -199,7 +211,7 @@ def execute(
         for m in plan.modules:
             spec = plan.specs[m.name]
             report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
-            done.update(p.tensor for p in spec.parts)
+            done.update(written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts))
             bar.update(m.name)
         for name in ckpt.names():
             if name not in done:
@@ -241,26 +253,76 @@ def _compress_module(
     compute: Compute,
 ) -> ModuleResult:
     t0 = time.monotonic()
+    recipe = plan.recipe
     parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
-    labels, rel, n_iter, init = group_units(parts, m.k, plan.recipe, plan.seed, compute, module_context(ckpt, spec))
+    ctx = module_context(ckpt, spec)
+    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
     xp = compute.namespace()
     on_device = [(p, xp.asarray(u)) for p, u in parts]
-    folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[plan.recipe.fusion], xp)
+    folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
+    shift = None  # change of the consumer's bias that keeps the modelled mean output
+    if recipe.refit and spec.kind == "ffn" and m.k < m.n_units:
+        new_consumer, shift = refit_consumer(parts, labels, ctx, _module_seed(plan.seed, spec.name))
+        folded = [(p, xp.asarray(new_consumer) if p.role == "consumer" else u) for p, u in folded]
+    elif (recipe.compensate or recipe.refit) and m.k < m.n_units:
+        shift = expected_contribution(parts, ctx)[labels < 0].sum(axis=0)
     new_parts = folded if export == "folded" else expand(folded, xp.asarray(labels), m.k, xp)
     for part, units in new_parts:
         tensor = from_units(to_host(xp, units).astype(np.float32), spec, part)
         writers[ckpt.where[part.tensor]].write(part.tensor, from_f32(tensor, ckpt.info(part.tensor).dtype))
+    if shift is not None:
+        if spec.consumer_bias is None:
+            raise InvalidArgumentError(f"{spec.name}: compensation needs a consumer bias and the module has none")
+        bias = ckpt.f32(spec.consumer_bias).astype(np.float64) + shift
+        dtype = ckpt.info(spec.consumer_bias).dtype
+        writers[ckpt.where[spec.consumer_bias]].write(spec.consumer_bias, from_f32(bias.astype(np.float32), dtype))
     return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
 
 
+def _module_seed(seed: int, name: str) -> int:
+    """A stable per-module seed (the synthetic inputs of a refit differ between modules)."""
+    return (seed << 32) ^ zlib.crc32(name.encode())
+
+
+def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:
+    """Every tensor compressing ``spec`` rewrites (its parts, and the consumer bias when the
+    recipe compensates)."""
+    names = [p.tensor for p in spec.parts]
+    if (recipe.compensate or recipe.refit) and spec.consumer_bias is not None:
+        names.append(spec.consumer_bias)
+    return names
+
+
+CTC_TOKENS = 500  # HuBERT / wav2vec2: 10 s of speech at 50 frames per second
+DECODER_TOKENS = 32  # Whisper decoder self-attention: about half of a 15 s utterance's tokens
+
+
+def attended_tokens(config: dict[str, Any], spec: ModuleSpec) -> int:
+    """Typical number of tokens a head attends over: Whisper's encoder always sees its full 30 s
+    window (max_source_positions frames), so do its cross-attention heads."""
+    if spec.module_type in ("encoder.self_attn", "decoder.cross_attn") and config.get("model_type") == "whisper":
+        return int(config.get("max_source_positions", 1500))
+    return DECODER_TOKENS if spec.module_type == "decoder.self_attn" else CTC_TOKENS
+
+
 def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
-    """The LayerNorm feeding the module (when the checkpoint has it) and its activation."""
+    """The LayerNorm feeding the module (when the checkpoint has it), its kind and activation."""
     norm = spec.input_norm
+    base = ModuleContext(activation=spec.activation, kind=spec.kind, unit_rows=spec.unit_rows)
+    if spec.kind == "attention":
+        q, k = (next(p.tensor for p in spec.parts if p.tensor.endswith(f"{x}_proj.weight")) for x in "qk")
+        qb = q.replace(".weight", ".bias")
+        base = replace(
+            base,
+            tokens=attended_tokens(ckpt.config, spec),
+            query=(ckpt.f32(q).astype(np.float64), ckpt.f32(qb).astype(np.float64) if qb in ckpt.where else None),
+            key=ckpt.f32(k).astype(np.float64),
+        )
     if norm is None or f"{norm}.weight" not in ckpt.where or f"{norm}.bias" not in ckpt.where:
-        return ModuleContext(activation=spec.activation)
+        return base
     weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
     bias = ckpt.f32(f"{norm}.bias").astype(np.float64)
-    return ModuleContext(weight, bias, spec.activation)
+    return replace(base, norm_weight=weight, norm_bias=bias)
 
 
 def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:
@@ -294,7 +356,7 @@ def compress(
     dst: str | os.PathLike[str],
     sparsity: float = 0.1,
     *,
-    recipe: str = "paper",
+    recipe: str = DEFAULT_RECIPE,
     export: str = "fused",
     seed: int = 0,
     include: str | None = None,

@@ -173,26 +173,48 @@ def make_plan(
     try:
         umap = unit_map(ckpt.config, set(ckpt.where))
         validate_checkpoint(ckpt, umap)
-        selected = [
-            s
-            for s in umap.modules
-            if (inc is None or inc.search(s.name))
-            and (exc is None or not exc.search(s.name))
-            and recipe.kinds in ("all", s.kind)
+        matched = [
+            s for s in umap.modules if (inc is None or inc.search(s.name)) and (exc is None or not exc.search(s.name))
         ]
+        # heads removed at a fixed count per encoder self-attention module, outside the budget
+        fixed = [s for s in matched if recipe.remove_heads and s.module_type == "encoder.self_attn"]
+        pool = [s for s in matched if recipe.kinds in ("all", s.kind) and s not in fixed]
+        selected = [s for s in matched if s in fixed or s in pool]
         if not selected:
             raise InvalidArgumentError(
                 f"no module matches --include {include!r} / --exclude {exclude!r} (e.g. {umap.modules[0].name})"
             )
-        units = [s.n_units for s in selected]
-        variances = [module_variance(ckpt, s, recipe) for s in selected]
-        if recipe.allocation == "uniform":
-            ks = _core.uniform_plan(units, float(sparsity))
+        for s in fixed:
+            if recipe.remove_heads >= s.n_units:
+                raise InvalidArgumentError(f"remove_heads {recipe.remove_heads} leaves no head in {s.name}")
+        compressible = sum(s.n_units * s.params_per_unit for s in umap.modules)
+        pool_sparsity = float(sparsity)
+        if recipe.budget == "params" and pool:
+            fixed_removed = sum(recipe.remove_heads * s.params_per_unit for s in fixed)
+            pool_params = sum(s.n_units * s.params_per_unit for s in pool)
+            pool_sparsity = max(0.0, (float(sparsity) * compressible - fixed_removed) / pool_params)
+            if pool_sparsity >= 1.0:
+                raise InvalidArgumentError(
+                    f"sparsity {sparsity} of all compressible parameters cannot be reached by removing units of "
+                    f"the {len(pool)} selected modules ({pool_params} of {compressible} parameters)"
+                )
+        variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
+        pool_units = [s.n_units for s in pool]
+        if not pool:
+            pool_ks: list[int] = []
+        elif recipe.allocation == "uniform":
+            pool_ks = _core.uniform_plan(pool_units, pool_sparsity)
         else:
             key = (lambda s: s.kind) if recipe.variance_groups == "kind" else (lambda s: s.module_type)
-            labels = sorted({key(s) for s in selected})
-            groups = [labels.index(key(s)) for s in selected]
-            ks = _core.variance_plan(units, variances, groups, float(sparsity), recipe.high_factor)
+            labels = sorted({key(s) for s in pool})
+            groups = [labels.index(key(s)) for s in pool]
+            pool_ks = _core.variance_plan(
+                pool_units, [variances[s.name] for s in pool], groups, pool_sparsity, recipe.high_factor
+            )
+        k_of = {s.name: k for s, k in zip(pool, pool_ks, strict=True)}
+        k_of.update({s.name: s.n_units - recipe.remove_heads for s in fixed})
+        units = [s.n_units for s in selected]
+        ks = [k_of[s.name] for s in selected]
         by_name = {s.name: i for i, s in enumerate(selected)}
         for name, k in (k_overrides or {}).items():
             if name not in by_name:
@@ -203,10 +225,9 @@ def make_plan(
             ks[by_name[name]] = k
         modules = [
             ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit)
-            for s, k, v in zip(selected, ks, variances, strict=True)
+            for s, k, v in zip(selected, ks, [variances[s.name] for s in selected], strict=True)
         ]
         total = sum(ckpt.info(n).numel for n in ckpt.names())
-        compressible = sum(s.n_units * s.params_per_unit for s in umap.modules)
         chosen = {s.name for s in selected}
         return Plan(
             source=str(ckpt.path),

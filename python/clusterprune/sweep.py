@@ -65,6 +65,8 @@ def sweep(
     keep_models: bool = False,
     progress: bool | None = None,
     log: Any = print,
+    budget: str | None = None,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,6 +93,7 @@ def sweep(
         "include": include,
         "exclude": exclude,
         "export": export,
+        "budget": budget,
     }
     results_path = out / "results.json"
     rows: list[dict[str, Any]] = json.loads(results_path.read_text()) if results_path.exists() else []
@@ -116,7 +119,7 @@ def sweep(
 
     if "dense" not in done:
         log("dense ...")
-        result = evaluate(model_dir, data, utterances=utts, batch_size=batch_size, progress=progress)
+        result = evaluate(model_dir, data, utterances=utts, batch_size=batch_size, progress=progress, device=device)
         record(measured("dense", result, method="dense", allocation="-", sparsity=0.0, achieved_sparsity=0.0))
         log(f"  dense: WER {100 * result['wer']:.2f} %")
     for method, allocation in grid:
@@ -138,9 +141,10 @@ def sweep(
                 overwrite=True,
                 progress=False,
                 allocation=allocation,
+                budget=budget,
                 **opts,
             )
-            result = evaluate(dst, data, utterances=utts, batch_size=batch_size, progress=progress)
+            result = evaluate(dst, data, utterances=utts, batch_size=batch_size, progress=progress, device=device)
             plan = report.plan
             record(
                 measured(

@@ -40,8 +40,9 @@ class ModuleSpec:
     unit_rows: int  # head_dim for heads, 1 for neurons
     hidden: int  # model width
     parts: tuple[Part, ...]
-    input_norm: str | None = None  # prefix of the LayerNorm whose output feeds the module
+    input_norm: str | None = None  # prefix of the LayerNorm whose output feeds the producers (V for heads)
     activation: str = "gelu"  # of FFN neurons
+    consumer_bias: str | None = None  # bias of the consumer linear (fc2 / out_proj), if any
 
     def expected_shape(self, part: Part) -> tuple[int, ...]:
         width = self.n_units * self.unit_rows
@@ -102,7 +103,9 @@ def _prefix(names: set[str], candidates: tuple[str, ...], probe: str, family: st
     raise CorruptCheckpointError(f"{family} checkpoint: tensor {candidates[0]}{probe} not found")
 
 
-def _attention(name: str, mtype: str, layer: int, heads: int, hidden: int, k_bias: bool, names: set[str]) -> ModuleSpec:
+def _attention(
+    name: str, mtype: str, layer: int, heads: int, hidden: int, k_bias: bool, names: set[str], norm: str | None
+) -> ModuleSpec:
     if hidden % heads:
         raise ShapeMismatchError(f"config.json: hidden size {hidden} is not divisible by {heads} heads ({name})")
     parts = [Part(f"{name}.{p}_proj.weight", "producer") for p in ("q", "k", "v")]
@@ -110,7 +113,19 @@ def _attention(name: str, mtype: str, layer: int, heads: int, hidden: int, k_bia
         if f"{name}.{p}_proj.bias" in names:
             parts.append(Part(f"{name}.{p}_proj.bias", "bias"))
     parts.append(Part(f"{name}.out_proj.weight", "consumer"))
-    return ModuleSpec(name, "attention", mtype, layer, heads, hidden // heads, hidden, tuple(parts))
+    out_bias = f"{name}.out_proj.bias"
+    return ModuleSpec(
+        name,
+        "attention",
+        mtype,
+        layer,
+        heads,
+        hidden // heads,
+        hidden,
+        tuple(parts),
+        norm,
+        consumer_bias=out_bias if out_bias in names else None,
+    )
 
 
 def _ffn(
@@ -120,7 +135,8 @@ def _ffn(
     if f"{fc1}.bias" in names:
         parts.append(Part(f"{fc1}.bias", "bias"))
     parts.append(Part(f"{fc2}.weight", "consumer"))
-    return ModuleSpec(name, "ffn", mtype, layer, width, 1, hidden, tuple(parts), norm, act)
+    out_bias = f"{fc2}.bias" if f"{fc2}.bias" in names else None
+    return ModuleSpec(name, "ffn", mtype, layer, width, 1, hidden, tuple(parts), norm, act, out_bias)
 
 
 def whisper_map(config: dict[str, Any], names: set[str]) -> UnitMap:
@@ -132,9 +148,14 @@ def whisper_map(config: dict[str, Any], names: set[str]) -> UnitMap:
         ffn = _need(config, f"{stack}_ffn_dim", "whisper")
         for i in range(_need(config, f"{stack}_layers", "whisper")):
             base = f"{p}{stack}.layers.{i}"
-            modules.append(_attention(f"{base}.self_attn", f"{stack}.self_attn", i, heads, d, False, names))
+            sa_norm = f"{base}.self_attn_layer_norm"
+            modules.append(_attention(f"{base}.self_attn", f"{stack}.self_attn", i, heads, d, False, names, sa_norm))
             if stack == "decoder":
-                modules.append(_attention(f"{base}.encoder_attn", "decoder.cross_attn", i, heads, d, False, names))
+                # cross-attention keys and values read the encoder's output, after its final LayerNorm
+                enc_norm = f"{p}encoder.layer_norm"
+                modules.append(
+                    _attention(f"{base}.encoder_attn", "decoder.cross_attn", i, heads, d, False, names, enc_norm)
+                )
             act = str(config.get("activation_function", "gelu"))
             norm = f"{base}.final_layer_norm"  # pre-LN: the FFN reads final_layer_norm(x)
             modules.append(
@@ -152,7 +173,11 @@ def ctc_encoder_map(config: dict[str, Any], names: set[str]) -> UnitMap:
     modules: list[ModuleSpec] = []
     for i in range(_need(config, "num_hidden_layers", family)):
         base = f"{p}encoder.layers.{i}"
-        modules.append(_attention(f"{base}.attention", "encoder.self_attn", i, heads, d, True, names))
+        if config.get("do_stable_layer_norm"):
+            attn_norm = f"{base}.layer_norm"  # pre-LN: the block's own first LayerNorm
+        else:  # post-LN: the block reads the previous block's output (its final LayerNorm)
+            attn_norm = f"{p}encoder.layers.{i - 1}.final_layer_norm" if i else f"{p}encoder.layer_norm"
+        modules.append(_attention(f"{base}.attention", "encoder.self_attn", i, heads, d, True, names, attn_norm))
         ff = f"{base}.feed_forward"
         # stable-layer-norm (pre-LN) blocks feed the FFN through final_layer_norm, post-LN blocks
         # through layer_norm (applied after the attention residual)

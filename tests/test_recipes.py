@@ -229,3 +229,22 @@ def test_refit_output_is_identical_whatever_the_blas_thread_count(checkpoints, t
         subprocess.run([sys.executable, "-c", script, str(checkpoints["hubert_stable"]), str(out)], env=env, check=True)
         outs.append((out / "model.safetensors").read_bytes())
     assert outs[0] == outs[1]
+
+
+def test_attention_logit_variance_matches_monte_carlo():
+    from clusterprune.strategies import attention_logit_variance
+
+    rng = np.random.default_rng(5)
+    heads, d, hidden = 2, 3, 6
+    wq, bq, wk = rng.normal(size=(heads * d, hidden)), rng.normal(size=heads * d), rng.normal(size=(heads * d, hidden))
+    gamma, beta = rng.uniform(0.5, 1.5, hidden), 0.5 * rng.normal(size=hidden)
+    ctx = ModuleContext(gamma, beta, kind="attention", unit_rows=d, query=(wq, bq), key=wk)
+    xk = rng.standard_normal((2000, hidden)) * gamma + beta
+    for h in range(heads):
+        rows = slice(h * d, (h + 1) * d)
+        per_query = []
+        for _ in range(10):  # 20000 queries in chunks: the quadratic form in q has a heavy tail
+            xq = rng.standard_normal((2000, hidden)) * gamma + beta
+            logits = (xq @ wq[rows].T + bq[rows]) @ (xk @ wk[rows].T).T / np.sqrt(d)  # (queries, keys)
+            per_query.append(logits.var(axis=1))
+        np.testing.assert_allclose(attention_logit_variance(ctx)[h], np.concatenate(per_query).mean(), rtol=0.05)

@@ -115,13 +115,34 @@ def test_killed_run_resumes_to_the_same_weights(trainable, speech, tmp_path):
         np.testing.assert_array_equal(a[n], b[n], err_msg=n)
 
 
-def test_two_gloo_processes_match_one(trainable, speech, tmp_path):
-    no_dropout = tmp_path / "dense"  # dropout draws differ between processes; the update must not
+def _fused_without_dropout(trainable, tmp_path):
+    """Dropout draws differ between processes and micro-batch splits; the update must not."""
+    no_dropout = tmp_path / "dense"
     shutil.copytree(trainable["whisper"], no_dropout)
     config = json.loads((no_dropout / "config.json").read_text())
     (no_dropout / "config.json").write_text(json.dumps({**config, "dropout": 0.0}))
     src = tmp_path / "fused"
     clusterprune.compress(no_dropout, src, 0.5, recipe="paper", allocation="uniform")
+    return src
+
+
+def test_gradient_accumulation_matches_one_batch(trainable, speech, tmp_path):
+    src = _fused_without_dropout(trainable, tmp_path)
+    _tune(src, speech, tmp_path / "one", max_steps=2)
+    _tune(src, speech, tmp_path / "accum", max_steps=2, grad_accum=2)
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "accum")
+    for n in a:
+        np.testing.assert_allclose(a[n], b[n], atol=2e-6, rtol=1e-5, err_msg=n)
+    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "accum"), rtol=1e-5)
+
+
+def _losses(out) -> list[float]:
+    """The per-step losses of a finished run (sum over the global batch / its token count)."""
+    return [json.loads(line)["loss"] for line in (out / "finetune_log.jsonl").read_text().splitlines()]
+
+
+def test_two_gloo_processes_match_one(trainable, speech, tmp_path):
+    src = _fused_without_dropout(trainable, tmp_path)
     common = ["finetune", str(src), "--data", str(speech), "--max-steps", "2", "--batch-size", "2", "--lr", "3e-3"]
     common += ["--warmup-ratio", "0", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -138,6 +159,7 @@ def test_two_gloo_processes_match_one(trainable, speech, tmp_path):
     for n in a:
         np.testing.assert_allclose(a[n], b[n], atol=2e-6, rtol=1e-5, err_msg=n)
     assert any(not np.array_equal(a[n], _weights(src)[n]) for n in a)
+    np.testing.assert_allclose(_losses(tmp_path / "one"), _losses(tmp_path / "two"), rtol=1e-5)
 
 
 def test_bad_finetune_inputs(trainable, speech, tmp_path, capsys):

@@ -113,6 +113,7 @@ def test_killed_run_resumes_to_the_same_weights(trainable, speech, tmp_path):
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "resumed")
     for n in a:
         np.testing.assert_array_equal(a[n], b[n], err_msg=n)
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "full")  # one log entry per step
 
 
 def _fused_without_dropout(trainable, tmp_path):

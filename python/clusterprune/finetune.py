@@ -350,7 +350,14 @@ def finetune(
             optim.load_state_dict(state["optim"])
             sched.load_state_dict(state["sched"])
             step = int(state["step"])
-            torch.set_rng_state(state["rng"][dist.rank])
+            _set_rng(state["rng"][dist.rank])
+            if dist.main:  # steps after the saved one were lost with the killed run: they will rerun
+                kept = [
+                    line
+                    for line in (partial / LOG_FILE).read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= step
+                ]
+                (partial / LOG_FILE).write_text("".join(f"{line}\n" for line in kept))
         elif dist.main:
             if partial.exists():
                 shutil.rmtree(partial)
@@ -426,7 +433,7 @@ def finetune(
                 bar.update(f"loss {loss_total:.3f} {entry['utterances_per_s']:.1f} utt/s")
             if step % cfg.save_every == 0 or step == total:
                 if dist.main:
-                    rng = [torch.get_rng_state()]
+                    rng = [_rng_state()]
                     if dist.world > 1:
                         rng = _gather_rng(dist)
                     _save_state(
@@ -496,11 +503,28 @@ def _all_sum(value: float, device: Any) -> float:
     return float(t.item())
 
 
-def _gather_rng(d: Dist) -> list[Any]:
-    """Every rank's CPU RNG state (rank 0 receives them all)."""
+def _rng_state() -> dict[str, Any]:
+    """This process's CPU and (when used) CUDA random states: dropout draws from them."""
     import torch
+
+    state: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng(state: dict[str, Any]) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _gather_rng(d: Dist) -> list[Any]:
+    """Every rank's random states (rank 0 receives them all)."""
     import torch.distributed as dist
 
     states: list[Any] = [None] * d.world
-    dist.all_gather_object(states, torch.get_rng_state())
+    dist.all_gather_object(states, _rng_state())
     return states

@@ -238,7 +238,12 @@ def test_attention_logit_variance_matches_monte_carlo():
     heads, d, hidden = 2, 3, 6
     wq, bq, wk = rng.normal(size=(heads * d, hidden)), rng.normal(size=heads * d), rng.normal(size=(heads * d, hidden))
     gamma, beta = rng.uniform(0.5, 1.5, hidden), 0.5 * rng.normal(size=hidden)
-    ctx = ModuleContext(gamma, beta, kind="attention", unit_rows=d, query=(wq, bq), key=wk)
+    ctx = ModuleContext(gamma, beta, kind="attention", unit_rows=d)
+    parts = [
+        (Part("a.q_proj.weight", "producer"), wq.reshape(heads, -1)),
+        (Part("a.k_proj.weight", "producer"), wk.reshape(heads, -1)),
+        (Part("a.q_proj.bias", "bias"), bq.reshape(heads, -1)),
+    ]
     xk = rng.standard_normal((2000, hidden)) * gamma + beta
     for h in range(heads):
         rows = slice(h * d, (h + 1) * d)
@@ -247,4 +252,4 @@ def test_attention_logit_variance_matches_monte_carlo():
             xq = rng.standard_normal((2000, hidden)) * gamma + beta
             logits = (xq @ wq[rows].T + bq[rows]) @ (xk @ wk[rows].T).T / np.sqrt(d)  # (queries, keys)
             per_query.append(logits.var(axis=1))
-        np.testing.assert_allclose(attention_logit_variance(ctx)[h], np.concatenate(per_query).mean(), rtol=0.05)
+        np.testing.assert_allclose(attention_logit_variance(parts, ctx)[h], np.concatenate(per_query).mean(), rtol=0.05)

@@ -34,7 +34,7 @@ from . import __version__
 from .checkpoint import Checkpoint
 from .data import SAMPLE_RATE, Utterance, load_utterances
 from .errors import InvalidArgumentError, OutputExistsError
-from .pipeline import _check_destination, _publish
+from .pipeline import _check_destination, _publish, copy_aux_files
 from .progress import Progress
 from .safetensors_io import SafetensorsWriter, from_f32
 from .structure import Projector, Structure, read_structure, require_structure
@@ -247,13 +247,7 @@ def _write_checkpoint(src: Checkpoint, model: Any, tmp: Path, record: dict[str, 
     """The trained weights under the input's tensor names, dtypes and file layout; the input's
     file metadata (the clusterprune plan of a fused checkpoint) is kept."""
     state = {k: v.detach().float().cpu().numpy() for k, v in model.state_dict().items()}
-    for entry in sorted(src.path.iterdir()):
-        if entry.name in src.weight_files:
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, tmp / entry.name)
-        else:
-            shutil.copy2(entry, tmp / entry.name)
+    copy_aux_files(src, tmp)
     for fname, f in src.files.items():
         names = [n for n in src.names() if src.where[n] == fname]
         shapes = {n: src.info(n).shape for n in names}

@@ -310,14 +310,7 @@ def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     norm = spec.input_norm
     base = ModuleContext(activation=spec.activation, kind=spec.kind, unit_rows=spec.unit_rows)
     if spec.kind == "attention":
-        q, k = (next(p.tensor for p in spec.parts if p.tensor.endswith(f"{x}_proj.weight")) for x in "qk")
-        qb = q.replace(".weight", ".bias")
-        base = replace(
-            base,
-            tokens=attended_tokens(ckpt.config, spec),
-            query=(ckpt.f32(q).astype(np.float64), ckpt.f32(qb).astype(np.float64) if qb in ckpt.where else None),
-            key=ckpt.f32(k).astype(np.float64),
-        )
+        base = replace(base, tokens=attended_tokens(ckpt.config, spec))
     if norm is None or f"{norm}.weight" not in ckpt.where or f"{norm}.bias" not in ckpt.where:
         return base
     weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
@@ -325,17 +318,21 @@ def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     return replace(base, norm_weight=weight, norm_bias=bias)
 
 
-def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:
-    """Everything but the weights is carried over (config, tokenizer, preprocessor, generation
-    config, ...); a folded export records its per-module unit counts in config.json."""
-    skip = set(ckpt.weight_files)
+def copy_aux_files(ckpt: Checkpoint, tmp: Path, skip: frozenset[str] = frozenset()) -> None:
+    """Copies every file and folder of the checkpoint directory but its weights (and ``skip``)."""
     for entry in sorted(ckpt.path.iterdir()):
-        if entry.name in skip or entry.name == PLAN_FILE:
+        if entry.name in ckpt.weight_files or entry.name in skip:
             continue
         if entry.is_dir():
             shutil.copytree(entry, tmp / entry.name)
         else:
             shutil.copy2(entry, tmp / entry.name)
+
+
+def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:
+    """Everything but the weights is carried over (config, tokenizer, preprocessor, generation
+    config, ...); a folded export records its per-module unit counts in config.json."""
+    copy_aux_files(ckpt, tmp, skip=frozenset({PLAN_FILE}))
     config = dict(ckpt.config)
     config.pop(FOLDED_KEY, None)
     if export == "folded":

@@ -91,8 +91,6 @@ class ModuleContext:
     kind: str = "ffn"
     unit_rows: int = 1
     tokens: int | None = None  # typical number of attended tokens (attention modules)
-    query: tuple[np.ndarray, np.ndarray | None] | None = None  # (W_q, b_q) of attention modules
-    key: np.ndarray | None = None  # W_k of attention modules
 
     def require_norm(self, what: str) -> tuple[np.ndarray, np.ndarray]:
         if self.norm_weight is None or self.norm_bias is None:
@@ -196,17 +194,22 @@ def _gauss_ln(parts: UnitParts, ctx: ModuleContext) -> np.ndarray:
     return activation_variance(mu, sigma, ctx.activation) * np.sum(consumer * consumer, axis=1)
 
 
-def attention_logit_variance(ctx: ModuleContext) -> np.ndarray:
+def _head_rows(parts: UnitParts, suffix: str) -> np.ndarray | None:
+    """The unit matrix of one attention part (e.g. "q_proj.weight"), or None when absent."""
+    return next((m for p, m in parts if p.tensor.endswith(suffix)), None)
+
+
+def attention_logit_variance(parts: UnitParts, ctx: ModuleContext) -> np.ndarray:
     """Per head: the variance of the attention logits q.k_j / sqrt(d) over keys j, averaged over
     queries, when queries and keys come from independent Gaussian LayerNorm inputs (same LayerNorm
     for both; for cross-attention this models the keys' LayerNorm for both)."""
     gamma, beta = ctx.require_norm("the attention sharpness model")
-    if ctx.query is None or ctx.key is None:
+    wq, wk, bq = (_head_rows(parts, x) for x in ("q_proj.weight", "k_proj.weight", "q_proj.bias"))
+    if wq is None or wk is None:
         raise InvalidArgumentError("the attention sharpness model needs q_proj and k_proj weights")
-    wq, bq = ctx.query
     d = ctx.unit_rows
-    heads = wq.shape[0] // d
-    wq3, wk3 = wq.reshape(heads, d, -1), ctx.key.reshape(heads, d, -1)
+    heads = wq.shape[0]
+    wq3, wk3 = wq.reshape(heads, d, -1), wk.reshape(heads, d, -1)  # unit rows: (d, hidden) per head
     q_mean = wq3 @ beta + (bq.reshape(heads, d) if bq is not None else 0.0)
     a = wk3 * gamma[None, None, :]  # per head: Gamma W_k^T, transposed (d, hidden)
     # E_q |A^T q|^2 with q ~ N(q_mean, W_q Gamma^2 W_q^T)
@@ -224,7 +227,7 @@ def _gauss_attn(parts: UnitParts, ctx: ModuleContext) -> np.ndarray:
     score = _gauss_ln(parts, ctx)
     if ctx.kind != "attention" or not ctx.tokens:
         return score
-    s2 = attention_logit_variance(ctx)
+    s2 = attention_logit_variance(parts, ctx)
     return score * np.minimum(1.0, np.exp(np.minimum(s2, 50.0)) / ctx.tokens)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 import clusterprune
-from clusterprune.evaluate import load_model
+from clusterprune.models.hf import load_model
 
 
 def forward_fn(model, family: str):
@@ -68,8 +68,8 @@ def main() -> None:
         report = clusterprune.compress(
             args.model_dir,
             out,
-            s,
-            recipe=args.recipe,
+            args.recipe,
+            sparsity=s,
             export="folded",
             include=args.include,
             overwrite=True,

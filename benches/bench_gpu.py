@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import clusterprune  # noqa: E402
 from bench_whisper_large import make_checkpoint, unit_matrix  # noqa: E402
-from clusterprune.checkpoint import Checkpoint  # noqa: E402
-from clusterprune.unitmap import unit_map  # noqa: E402
-from clusterprune.xp_kmeans import kmeans_xp, namespace  # noqa: E402
+from clusterprune.engine.xp import kmeans_xp, namespace  # noqa: E402
+from clusterprune.io.checkpoint import Checkpoint  # noqa: E402
+from clusterprune.models.registry import unit_map  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,9 @@ def main() -> None:
     make_checkpoint(src, args.layers)
     print(f"checkpoint ready in {time.perf_counter() - t:.1f} s", flush=True)
     t = time.perf_counter()
-    report = clusterprune.compress(src, args.workdir / "gpu-out", 0.1, device="cuda", overwrite=True, progress=False)
+    report = clusterprune.compress(
+        src, args.workdir / "gpu-out", sparsity=0.1, device="cuda", overwrite=True, progress=False
+    )
     gpu_seconds = time.perf_counter() - t
     print(f"whole model on {device_name}: {gpu_seconds:.1f} s", flush=True)
     plan = {m.name: m.k for m in report.plan.modules}

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clusterprune.checkpoint import Checkpoint
 from clusterprune.engine import kmeans
-from clusterprune.safetensors_io import SafetensorsWriter
-from clusterprune.strategies import FEATURES
-from clusterprune.unitmap import to_units, unit_map
+from clusterprune.io.checkpoint import Checkpoint
+from clusterprune.io.safetensors import SafetensorsWriter
+from clusterprune.models.registry import unit_map
+from clusterprune.models.units import to_units
+from clusterprune.recipes.registries import FEATURES
 
 D, HEADS, FFN, VOCAB, MELS, SRC_POS, TGT_POS = 1280, 20, 5120, 51866, 128, 1500, 448
 

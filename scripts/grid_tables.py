@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clusterprune.sweep import plot
+from clusterprune.evaluation.sweep import plot
 
 
 def load(root: Path, prefix: str) -> list[dict[str, Any]]:

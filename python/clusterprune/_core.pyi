@@ -4,6 +4,32 @@ import numpy as np
 import numpy.typing as npt
 
 WARD_MAX_N: int
+MAX_THREADS: int
+INIT_NAMES: list[str]
+
+class KMeansResult:
+    assignments: npt.NDArray[np.int64]
+    centroids: npt.NDArray[np.float32]
+    inertia: float
+    inertia_history: list[float]
+    n_iter: int
+    converged: bool
+    init: str
+    def __init__(
+        self,
+        assignments: npt.NDArray[np.int64],
+        centroids: npt.NDArray[np.float32],
+        inertia: float,
+        inertia_history: list[float],
+        n_iter: int,
+        converged: bool,
+        init: str,
+    ) -> None: ...
+
+class PlusPlusSampler:
+    first: int
+    def __init__(self, n: int, seed: int) -> None: ...
+    def next(self, mind: npt.NDArray[np.float64]) -> int: ...
 
 def kmeans(
     units: npt.NDArray[np.float32],
@@ -14,7 +40,8 @@ def kmeans(
     tol: float = 0.0,
     init: str = "auto",
     num_threads: int | None = None,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], float, list[float], int, bool, str]: ...
+) -> KMeansResult: ...
+def ward_merge(costs: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]: ...
 def top_k(scores: npt.NDArray[np.float64], k: int) -> npt.NDArray[np.int64]: ...
 def uniform_plan(units: list[int], sparsity: float) -> list[int]: ...
 def variance_plan(

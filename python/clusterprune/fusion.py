@@ -11,13 +11,21 @@ computes exactly what the folded model computes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .strategies import Fusion
-from .unitmap import Part
-from .xp_kmeans import segment_sum
+from .engine.xp import segment_sum
+from .models.units import Part
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How a cluster becomes one folded unit."""
+
+    consumer_sum: bool  # folded consumer = sum of the members' (True) or their mean (False)
+    producer_direction: bool = False  # producer = mean direction x mean norm (else plain mean)
 
 
 def relabel_by_first_member(assignments: np.ndarray) -> np.ndarray:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field, replace
@@ -15,34 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
-from .checkpoint import INDEX, Checkpoint
-from .engine import kmeans, top_k
-from .errors import InvalidArgumentError, OutputExistsError
+from ._version import __version__
+from .config import DEFAULT_RECIPE, Recipe, make_recipe
+from .engine.rust import check_threads, kmeans, top_k
+from .engine.xp import kmeans_xp, namespace, to_host
+from .errors import InvalidArgumentError
 from .fusion import expand, fold, relabel_by_first_member
+from .io.checkpoint import INDEX, Checkpoint
+from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compression_record
+from .io.output import atomic_directory, check_destination
+from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
+from .models.registry import family_of
+from .models.units import ModuleSpec, Part, from_units, to_units
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
-from .refit import refit_consumer
-from .report import apply_umask
-from .safetensors_io import STORAGE, SafetensorsWriter, from_f32
-from .strategies import (
-    DEFAULT_RECIPE,
-    FEATURES,
-    FUSIONS,
-    SCORES,
-    WEIGHTINGS,
-    ModuleContext,
-    Recipe,
-    expected_contribution,
-    make_recipe,
-)
-from .unitmap import ModuleSpec, Part, from_units, to_units
-from .xp_kmeans import kmeans_xp, namespace, to_host
-
-EXPORTS = ("fused", "folded")
-PLAN_FILE = "clusterprune_plan.json"
-FOLDED_KEY = "clusterprune_folded"
-METADATA_KEY = "clusterprune"
+from .recipes.gaussian import ModuleContext, expected_contribution
+from .recipes.refit import refit_consumer
+from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 
 
 @dataclass
@@ -146,30 +133,6 @@ def _output_shapes(ckpt: Checkpoint, plan: Plan, export: str) -> dict[str, tuple
     return shapes
 
 
-def _check_destination(src: Path, dst: Path, overwrite: bool) -> None:
-    s, d = src.resolve(), dst.resolve()
-    if d == s or s in d.parents:
-        raise OutputExistsError(f"{dst}: destination is the source checkpoint or inside it")
-    if d in s.parents:
-        raise OutputExistsError(f"{dst}: destination contains the source checkpoint")
-    if dst.exists() and not overwrite:
-        raise OutputExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
-    if dst.exists() and not dst.is_dir():
-        raise OutputExistsError(f"{dst}: exists and is not a directory")
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Moves the finished temporary directory to ``dst`` (replacing an old one)."""
-    apply_umask(tmp, 0o777)
-    if dst.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-        os.rename(dst, old / "x")
-        os.rename(tmp, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dst)
-
-
 def execute(
     plan: Plan,
     ckpt: Checkpoint,
@@ -184,62 +147,53 @@ def execute(
     if export not in EXPORTS:
         raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
     dst = Path(dst)
-    _check_destination(ckpt.path, dst, overwrite)
-    dst.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     report = Report(plan=plan, export=export, destination=str(dst), device=compute.device)
     shapes = _output_shapes(ckpt, plan, export)
-    meta_plan = {
-        "version": __version__,
-        "export": export,
-        "recipe": plan.recipe.to_dict(),
-        "sparsity": plan.sparsity,
-        "seed": plan.seed,
-        "modules": {m.name: [m.n_units, m.k] for m in plan.modules},
-    }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    meta_plan = compression_record(
+        version=__version__,
+        export=export,
+        recipe=plan.recipe.to_dict(),
+        sparsity=plan.sparsity,
+        seed=plan.seed,
+        modules={m.name: [m.n_units, m.k] for m in plan.modules},
+    )
     writers: dict[str, SafetensorsWriter] = {}
-    try:
-        _copy_aux_files(ckpt, tmp, plan, export)
-        for fname, f in ckpt.files.items():
-            names = [n for n in ckpt.names() if ckpt.where[n] == fname]
-            entries = [(n, ckpt.info(n).dtype, shapes[n]) for n in names]
-            metadata = {**f.metadata, "format": f.metadata.get("format", "pt"), METADATA_KEY: json.dumps(meta_plan)}
-            writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
-        done: set[str] = set()
-        bar = Progress(len(plan.modules), "compress", progress)
-        for m in plan.modules:
-            spec = plan.specs[m.name]
-            report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
-            done.update(written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts))
-            bar.update(m.name)
-        for name in ckpt.names():
-            if name not in done:
-                writers[ckpt.where[name]].write(name, ckpt.raw_bytes(name))
-        for w in writers.values():
-            w.close()
-        writers = {}
+    with atomic_directory(dst, overwrite=overwrite, sources=[ckpt.path]) as tmp:
+        try:
+            _copy_aux_files(ckpt, tmp, plan, export)
+            for fname, f in ckpt.files.items():
+                names = [n for n in ckpt.names() if ckpt.where[n] == fname]
+                entries = [(n, ckpt.info(n).dtype, shapes[n]) for n in names]
+                metadata = {**f.metadata, "format": f.metadata.get("format", "pt"), METADATA_KEY: json.dumps(meta_plan)}
+                writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
+            done: set[str] = set()
+            bar = Progress(len(plan.modules), "compress", progress)
+            for m in plan.modules:
+                spec = plan.specs[m.name]
+                report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
+                done.update(written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts))
+                bar.update(m.name)
+            for name in ckpt.names():
+                if name not in done:
+                    writers[ckpt.where[name]].write(name, ckpt.raw_bytes(name))
+            for w in writers.values():
+                w.close()
+            writers = {}
+        finally:
+            for w in writers.values():
+                w.abort()
         if ckpt.index is not None:
             _write_index(ckpt, tmp, shapes)
-        report.bytes_before = sum(ckpt.info(n).numel * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names())
-        report.bytes_after = sum(
-            int(np.prod(shapes[n], dtype=np.int64)) * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names()
-        )
+        report.bytes_before = ckpt.total_bytes()
+        report.bytes_after = ckpt.total_bytes(shapes)
         if export == "fused":  # same shapes on disk; report what the folded model would take
             report.bytes_after = report.bytes_before - sum(
-                (m.n_units - m.k)
-                * m.params_per_unit
-                * STORAGE[ckpt.info(plan.specs[m.name].parts[0].tensor).dtype].itemsize
+                (m.n_units - m.k) * m.params_per_unit * ITEMSIZE[ckpt.info(plan.specs[m.name].parts[0].tensor).dtype]
                 for m in plan.modules
             )
         report.seconds = time.monotonic() - started
         (tmp / PLAN_FILE).write_text(json.dumps(report.to_dict(), indent=2))
-        _publish(tmp, dst)
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -293,24 +247,12 @@ def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:
     return names
 
 
-CTC_TOKENS = 500  # HuBERT / wav2vec2: 10 s of speech at 50 frames per second
-DECODER_TOKENS = 32  # Whisper decoder self-attention: about half of a 15 s utterance's tokens
-
-
-def attended_tokens(config: dict[str, Any], spec: ModuleSpec) -> int:
-    """Typical number of tokens a head attends over: Whisper's encoder always sees its full 30 s
-    window (max_source_positions frames), so do its cross-attention heads."""
-    if spec.module_type in ("encoder.self_attn", "decoder.cross_attn") and config.get("model_type") == "whisper":
-        return int(config.get("max_source_positions", 1500))
-    return DECODER_TOKENS if spec.module_type == "decoder.self_attn" else CTC_TOKENS
-
-
 def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     """The LayerNorm feeding the module (when the checkpoint has it), its kind and activation."""
     norm = spec.input_norm
     base = ModuleContext(activation=spec.activation, kind=spec.kind, unit_rows=spec.unit_rows)
     if spec.kind == "attention":
-        base = replace(base, tokens=attended_tokens(ckpt.config, spec))
+        base = replace(base, tokens=family_of(ckpt.config).attended_tokens(ckpt.config, spec))
     if norm is None or f"{norm}.weight" not in ckpt.where or f"{norm}.bias" not in ckpt.where:
         return base
     weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
@@ -318,21 +260,10 @@ def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     return replace(base, norm_weight=weight, norm_bias=bias)
 
 
-def copy_aux_files(ckpt: Checkpoint, tmp: Path, skip: frozenset[str] = frozenset()) -> None:
-    """Copies every file and folder of the checkpoint directory but its weights (and ``skip``)."""
-    for entry in sorted(ckpt.path.iterdir()):
-        if entry.name in ckpt.weight_files or entry.name in skip:
-            continue
-        if entry.is_dir():
-            shutil.copytree(entry, tmp / entry.name)
-        else:
-            shutil.copy2(entry, tmp / entry.name)
-
-
 def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:
     """Everything but the weights is carried over (config, tokenizer, preprocessor, generation
     config, ...); a folded export records its per-module unit counts in config.json."""
-    copy_aux_files(ckpt, tmp, skip=frozenset({PLAN_FILE}))
+    ckpt.copy_aux_files(tmp, skip=frozenset({PLAN_FILE}))
     config = dict(ckpt.config)
     config.pop(FOLDED_KEY, None)
     if export == "folded":
@@ -343,17 +274,18 @@ def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> Non
 
 def _write_index(ckpt: Checkpoint, tmp: Path, shapes: dict[str, tuple[int, ...]]) -> None:
     index = dict(ckpt.index or {})
-    total = sum(int(np.prod(shapes[n], dtype=np.int64)) * STORAGE[ckpt.info(n).dtype].itemsize for n in ckpt.names())
-    index["metadata"] = {**dict(index.get("metadata") or {}), "total_size": total}
+    index["metadata"] = {**dict(index.get("metadata") or {}), "total_size": ckpt.total_bytes(shapes)}
+    if ckpt.unlisted:  # tensors the source's index forgot are listed where they are stored
+        index["weight_map"] = {**index["weight_map"], **{n: ckpt.where[n] for n in ckpt.unlisted}}
     (tmp / INDEX).write_text(json.dumps(index, indent=2))
 
 
 def compress(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
-    sparsity: float = 0.1,
+    recipe: Recipe | str = DEFAULT_RECIPE,
     *,
-    recipe: str = DEFAULT_RECIPE,
+    sparsity: float = 0.1,
     export: str = "fused",
     seed: int = 0,
     include: str | None = None,
@@ -363,21 +295,22 @@ def compress(
     progress: bool | None = None,
     num_threads: int | None = None,
     device: str = "cpu",
-    **options: Any,
+    **overrides: Any,
 ) -> Report:
-    """Compresses the checkpoint directory ``src`` into ``dst``.
+    """Compresses the checkpoint directory ``src`` into ``dst`` (written atomically).
 
-    ``options`` override the recipe's choices: method, allocation, feature, weighting, fusion,
-    score, variance_groups, high_factor, init, max_iter. ``device``: cpu (Rust engine), cuda
-    (CuPy) or numpy (the CuPy code path on the CPU).
+    ``recipe``: a :class:`~clusterprune.config.Recipe` or the name of one (``RECIPES``);
+    ``overrides``: any of its fields (``method="kmeans"``, ``score="l2"``, ...; None = keep).
+    ``sparsity``: the fraction of units removed (``budget="params"``: of compressible parameters).
+    ``export``: fused (same shapes) or folded (smaller). ``device``: cpu (Rust engine), cuda
+    (CuPy) or numpy (the CuPy code path on the CPU). ``k_overrides``: {module name: K}.
     """
-    chosen = make_recipe(recipe, **options)
-    Compute(device, num_threads).namespace()  # an unavailable device fails before any work
+    chosen = make_recipe(recipe, **overrides)
+    compute = Compute(device, check_threads(num_threads))
+    compute.namespace()  # an unavailable device fails before any work
     if export not in EXPORTS:
         raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
     with Checkpoint(src) as ckpt:
-        _check_destination(ckpt.path, Path(dst), overwrite)
+        check_destination(dst, sources=[ckpt.path], overwrite=overwrite)
         plan = make_plan(ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed)
-        return execute(
-            plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, compute=Compute(device, num_threads)
-        )
+        return execute(plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, compute=compute)

@@ -6,6 +6,7 @@ and can be inspected before anything is written.
 
 from __future__ import annotations
 
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -13,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from . import _core
-from .checkpoint import Checkpoint
+from .config import Recipe
+from .engine.rust import check_k, check_seed, uniform_plan, variance_plan
 from .errors import (
     CorruptCheckpointError,
     InvalidArgumentError,
@@ -22,9 +23,11 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedModelError,
 )
-from .safetensors_io import FLOAT_DTYPES, first_non_finite
-from .strategies import FEATURES, Recipe
-from .unitmap import ModuleSpec, UnitMap, unit_map
+from .io.checkpoint import Checkpoint
+from .io.safetensors import FLOAT_DTYPES, first_non_finite
+from .models.registry import unit_map
+from .models.units import ModuleSpec, UnitMap, to_units
+from .recipes.registries import FEATURES
 
 COMPUTE_DTYPES = ("F32", "F16", "BF16")
 
@@ -96,6 +99,15 @@ class Plan:
         }
 
 
+def check_sparsity(sparsity: object) -> float:
+    """A sparsity in [0, 1) as a Python float (numpy scalars accepted)."""
+    if isinstance(sparsity, bool) or not isinstance(sparsity, numbers.Real):
+        raise InvalidArgumentError(f"sparsity must be a number, got {sparsity!r} ({type(sparsity).__name__})")
+    if not 0.0 <= float(sparsity) < 1.0:
+        raise InvalidArgumentError(f"sparsity {sparsity} is outside [0, 1)")
+    return float(sparsity)
+
+
 def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
     if pattern is None:
         return None
@@ -137,8 +149,6 @@ def validate_checkpoint(ckpt: Checkpoint, umap: UnitMap) -> None:
 
 def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float:
     """Variance of the module's parameters (the parts the recipe's feature map uses)."""
-    from .unitmap import to_units
-
     total = total_sq = 0.0
     count = 0
     parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
@@ -162,11 +172,9 @@ def make_plan(
     seed: int = 0,
 ) -> Plan:
     """Validates the checkpoint and computes K for every selected module."""
-    if not isinstance(sparsity, (int, float)) or not (0.0 <= float(sparsity) < 1.0):
-        raise InvalidArgumentError(f"sparsity {sparsity} is outside [0, 1)")
-    if seed < 0:
-        raise InvalidArgumentError(f"seed must be >= 0, got {seed}")
-    recipe.validate()
+    sparsity = check_sparsity(sparsity)
+    seed = check_seed(seed)
+    recipe = recipe.validate()
     inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
     own = not isinstance(source, Checkpoint)
     ckpt = Checkpoint(source) if own else source
@@ -203,12 +211,12 @@ def make_plan(
         if not pool:
             pool_ks: list[int] = []
         elif recipe.allocation == "uniform":
-            pool_ks = _core.uniform_plan(pool_units, pool_sparsity)
+            pool_ks = uniform_plan(pool_units, pool_sparsity)
         else:
             key = (lambda s: s.kind) if recipe.variance_groups == "kind" else (lambda s: s.module_type)
             labels = sorted({key(s) for s in pool})
             groups = [labels.index(key(s)) for s in pool]
-            pool_ks = _core.variance_plan(
+            pool_ks = variance_plan(
                 pool_units, [variances[s.name] for s in pool], groups, pool_sparsity, recipe.high_factor
             )
         k_of = {s.name: k for s, k in zip(pool, pool_ks, strict=True)}
@@ -220,7 +228,8 @@ def make_plan(
             if name not in by_name:
                 raise InvalidArgumentError(f"K override for unknown or unselected module {name!r}")
             n = units[by_name[name]]
-            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+            k = check_k(k)
+            if not 1 <= k <= n:
                 raise InvalidArgumentError(f"K = {k} for module {name} is outside [1, N = {n}]")
             ks[by_name[name]] = k
         modules = [

@@ -1,34 +1,8 @@
-"""Human-readable summaries and atomic JSON output."""
+"""Human-readable summaries of a compression report and of an inspection."""
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
-
-
-def apply_umask(path: str | os.PathLike[str], bits: int) -> None:
-    """Gives a file or directory made by mkstemp/mkdtemp (0600/0700) the permissions the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, bits & ~umask)
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        apply_umask(tmp, 0o666)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _mb(n: int) -> str:

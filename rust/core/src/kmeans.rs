@@ -23,6 +23,9 @@ pub const WARD_MAX_N: usize = 8192;
 /// Rows per GEMM block in the distance step (fixed: independent of the thread count).
 const ROW_BLOCK: usize = 128;
 
+/// The names [`Init::parse`] accepts, in the order the documentation lists them.
+pub const INIT_NAMES: [&str; 3] = ["auto", "kmeans++", "ward"];
+
 /// How the first K centroids are chosen.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {
@@ -323,23 +326,54 @@ fn nearest_all(data: &[f32], n: usize, d: usize, centroids: &[f32], k: usize) ->
     nearest_rows(data, d, &rows, centroids, k)
 }
 
-/// Seeded k-means++: first centroid uniform, then each next one drawn with probability
-/// proportional to the squared distance to the nearest chosen centroid. When all remaining
-/// distances are zero (duplicate units) the lowest-index unchosen unit is taken.
-fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
-    let mut rng = SplitMix64::new(seed);
-    let mut chosen = vec![false; n];
-    let first = rng.below(n);
-    chosen[first] = true;
-    let mut picks = vec![first];
-    let mut mind: Vec<f64> = (0..n)
-        .into_par_iter()
-        .map(|i| sq_dist(row(data, d, i), row(data, d, first)))
-        .collect();
-    while picks.len() < k {
+/// The host side of seeded k-means++: the engine's SplitMix64 stream and the D^2 draws. The
+/// caller keeps each unit's squared distance to its nearest chosen centroid (`mind`) up to date,
+/// on the CPU ([`kmeans`]) or on a GPU (the Python array-namespace backend), so both draw the
+/// same units from the same distances.
+#[derive(Clone, Debug)]
+pub struct PlusPlusSampler {
+    rng: SplitMix64,
+    chosen: Vec<bool>,
+    first: usize,
+}
+
+impl PlusPlusSampler {
+    /// A sampler over `n >= 1` units; the first centroid is drawn uniformly.
+    pub fn new(n: usize, seed: u64) -> Result<Self> {
+        if n == 0 {
+            return invalid("k-means++ needs at least one unit (N = 0)");
+        }
+        let mut rng = SplitMix64::new(seed);
+        let first = rng.below(n);
+        let mut chosen = vec![false; n];
+        chosen[first] = true;
+        Ok(PlusPlusSampler { rng, chosen, first })
+    }
+
+    /// The first (uniformly drawn) unit.
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    /// The next unit, drawn with probability proportional to `mind` (summed in unit order).
+    /// When every distance is zero (duplicate units) the lowest-index unchosen unit is taken.
+    pub fn next(&mut self, mind: &[f64]) -> Result<usize> {
+        if mind.len() != self.chosen.len() {
+            return invalid(format!(
+                "k-means++: {} distances for {} units",
+                mind.len(),
+                self.chosen.len()
+            ));
+        }
+        if let Some(i) = mind.iter().position(|m| !m.is_finite() || *m < 0.0) {
+            return invalid(format!(
+                "k-means++: distance {} of unit {i} is not finite and >= 0",
+                mind[i]
+            ));
+        }
         let total: f64 = mind.iter().sum();
         let next = if total > 0.0 {
-            let target = rng.next_f64() * total;
+            let target = self.rng.next_f64() * total;
             let mut acc = 0.0;
             let mut pick = None;
             for (i, &m) in mind.iter().enumerate() {
@@ -353,9 +387,28 @@ fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> 
             }
             pick.expect("total > 0 implies a unit with positive distance")
         } else {
-            (0..n).find(|&i| !chosen[i]).expect("K <= N")
+            match self.chosen.iter().position(|&c| !c) {
+                Some(i) => i,
+                None => return invalid("k-means++: every unit was already chosen (K > N)"),
+            }
         };
-        chosen[next] = true;
+        self.chosen[next] = true;
+        Ok(next)
+    }
+}
+
+/// Seeded k-means++ (see [`PlusPlusSampler`]): first centroid uniform, then each next one drawn
+/// with probability proportional to the squared distance to the nearest chosen centroid.
+fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> Vec<f32> {
+    let mut sampler = PlusPlusSampler::new(n, seed).expect("validated: N >= 1");
+    let first = sampler.first();
+    let mut picks = vec![first];
+    let mut mind: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| sq_dist(row(data, d, i), row(data, d, first)))
+        .collect();
+    while picks.len() < k {
+        let next = sampler.next(&mind).expect("validated: K <= N, finite data");
         picks.push(next);
         let c = row(data, d, next);
         mind.par_iter_mut().enumerate().for_each(|(i, m)| {
@@ -424,6 +477,42 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
             w[i * n + j] = w[j * n + i];
         }
     }
+    ward_merge_unchecked(w, n, k)
+}
+
+/// Ward agglomeration from a precomputed cost matrix: `costs` is the row-major N x N matrix of
+/// the pairwise merge costs of singletons, 0.5 |x_i - x_j|^2. Only the upper triangle is read
+/// (it is mirrored, as the CPU path does with its own matrix); the diagonal is ignored. This is
+/// the host half of Ward initialisation when a GPU computes the matrix. Returns cluster labels
+/// 0..K in order of each cluster's first unit.
+pub fn ward_merge(mut costs: Vec<f64>, n: usize, k: usize) -> Result<Vec<u32>> {
+    if n == 0 {
+        return invalid("Ward needs at least one unit (N = 0)");
+    }
+    if costs.len() != n * n {
+        return invalid(format!(
+            "Ward cost matrix has {} values, expected N x N = {n} x {n}",
+            costs.len()
+        ));
+    }
+    if k < 1 || k > n {
+        return invalid(format!("K = {k} is outside [1, N = {n}]"));
+    }
+    for i in 0..n {
+        for j in i + 1..n {
+            let c = costs[i * n + j];
+            if !c.is_finite() || c < 0.0 {
+                return invalid(format!("Ward cost ({i}, {j}) = {c} is not finite and >= 0"));
+            }
+            costs[j * n + i] = c;
+        }
+        costs[i * n + i] = f64::INFINITY;
+    }
+    Ok(ward_merge_unchecked(costs, n, k))
+}
+
+/// The merge loop of Ward (costs symmetric, diagonal +inf).
+fn ward_merge_unchecked(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
     let mut active = vec![true; n];
     let mut size = vec![1f64; n];
     let mut parent: Vec<usize> = (0..n).collect();

@@ -1,4 +1,5 @@
 /// SplitMix64: a tiny, well-known, portable PRNG. Seeds map to the same stream on every platform.
+#[derive(Clone, Debug)]
 pub(crate) struct SplitMix64(u64);
 
 impl SplitMix64 {

@@ -1,33 +1,59 @@
 //! PyO3 binding of clusterprune-core. It only converts: numpy buffers in and out, core errors to
-//! the exception classes of `clusterprune.errors`, and it releases the GIL around heavy work.
+//! the exception classes of `clusterprune.errors` (looked up once), results to frozen classes;
+//! it releases the GIL around heavy work and keeps one rayon pool per requested thread count.
 
 use clusterprune_core::{allocate, dtype, kmeans as km, select, CoreError};
 use numpy::{
-    IntoPyArray, PyArray1, PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
-    PyReadonlyArrayDyn, PyUntypedArrayMethods,
+    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
+    PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
 };
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Raises the `clusterprune.errors` class that matches a core error.
-fn to_py_err(py: Python<'_>, err: CoreError) -> PyErr {
-    let class = match err {
-        CoreError::InvalidArgument(_) => "InvalidArgumentError",
-        CoreError::NonFinite { .. } => "NonFiniteError",
-    };
+// The exception classes of `clusterprune.errors`, imported once (on first use) and cached.
+pyo3::import_exception!(clusterprune.errors, InvalidArgumentError);
+pyo3::import_exception!(clusterprune.errors, NonFiniteError);
+
+/// The `clusterprune.errors` exception that matches a core error.
+fn to_py_err(err: CoreError) -> PyErr {
     let msg = err.to_string();
-    match py
-        .import("clusterprune.errors")
-        .and_then(|m| m.getattr(class))
-        .and_then(|cls| cls.call1((msg.clone(),)))
-    {
-        Ok(instance) => PyErr::from_value(instance),
-        Err(_) => PyRuntimeError::new_err(msg),
+    match err {
+        CoreError::InvalidArgument(_) => InvalidArgumentError::new_err(msg),
+        CoreError::NonFinite { .. } => NonFiniteError::new_err(msg),
     }
 }
 
-/// Runs `f` without the GIL, on a private pool of `threads` threads when given.
+/// The most worker threads one call may ask for: more than this only costs memory.
+const MAX_THREADS: usize = 1024;
+
+/// One rayon pool per thread count, built on first use and kept for the process's lifetime, so
+/// a run that calls the engine per module builds its pool once.
+fn pool(threads: usize) -> PyResult<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    if threads == 0 || threads > MAX_THREADS {
+        return Err(InvalidArgumentError::new_err(format!(
+            "num_threads {threads} is outside [1, {MAX_THREADS}]"
+        )));
+    }
+    let mut pools = POOLS
+        .get_or_init(|| Mutex::new(HashMap::new()))
+        .lock()
+        .map_err(|_| PyRuntimeError::new_err("the thread-pool cache is poisoned"))?;
+    if let Some(p) = pools.get(&threads) {
+        return Ok(p.clone());
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map(Arc::new)
+        .map_err(|e| PyRuntimeError::new_err(format!("cannot start {threads} threads: {e}")))?;
+    pools.insert(threads, p.clone());
+    Ok(p)
+}
+
+/// Runs `f` without the GIL, on the pool of `threads` threads when given.
 fn run_detached<T: Send>(
     py: Python<'_>,
     threads: Option<usize>,
@@ -36,17 +62,64 @@ fn run_detached<T: Send>(
     match threads {
         None => Ok(py.detach(f)),
         Some(t) => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(t.max(1))
-                .build()
-                .map_err(|e| PyRuntimeError::new_err(format!("cannot start {t} threads: {e}")))?;
-            Ok(py.detach(|| pool.install(f)))
+            let p = pool(t)?;
+            Ok(py.detach(|| p.install(f)))
         }
     }
 }
 
-/// k-means on the rows of a C-contiguous float32 matrix. Returns (assignments, centroids,
-/// inertia, inertia_history, n_iter, converged, init_used).
+/// The outcome of one k-means run (frozen). Built by the engine; the array-namespace backend
+/// builds the same class.
+#[pyclass(frozen, get_all, module = "clusterprune._core")]
+struct KMeansResult {
+    /// (N,) int64: the cluster of every unit
+    assignments: Py<PyArray1<i64>>,
+    /// (K, d) float32
+    centroids: Py<PyArray2<f32>>,
+    /// sum of squared distances to the assigned centroid (exact, f64)
+    inertia: f64,
+    /// after initialisation and after each Lloyd iteration
+    inertia_history: Vec<f64>,
+    n_iter: usize,
+    converged: bool,
+    /// the initialisation actually used
+    init: String,
+}
+
+#[pymethods]
+impl KMeansResult {
+    #[new]
+    #[pyo3(signature = (assignments, centroids, inertia, inertia_history, n_iter, converged, init))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        assignments: Py<PyArray1<i64>>,
+        centroids: Py<PyArray2<f32>>,
+        inertia: f64,
+        inertia_history: Vec<f64>,
+        n_iter: usize,
+        converged: bool,
+        init: String,
+    ) -> Self {
+        KMeansResult {
+            assignments,
+            centroids,
+            inertia,
+            inertia_history,
+            n_iter,
+            converged,
+            init,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "KMeansResult(inertia={}, n_iter={}, converged={}, init={:?})",
+            self.inertia, self.n_iter, self.converged, self.init
+        )
+    }
+}
+
+/// k-means on the rows of a C-contiguous float32 matrix.
 #[pyfunction]
 #[pyo3(signature = (units, k, *, seed=0, max_iter=100, tol=0.0, init="auto", num_threads=None))]
 #[allow(clippy::too_many_arguments)]
@@ -59,7 +132,7 @@ fn kmeans<'py>(
     tol: f64,
     init: &str,
     num_threads: Option<usize>,
-) -> PyResult<Bound<'py, PyTuple>> {
+) -> PyResult<KMeansResult> {
     let (n, d) = (units.shape()[0], units.shape()[1]);
     let data = units.as_slice()?;
     let cfg = km::KMeansConfig {
@@ -67,22 +140,72 @@ fn kmeans<'py>(
         max_iter,
         tol,
         seed,
-        init: km::Init::parse(init).map_err(|e| to_py_err(py, e))?,
+        init: km::Init::parse(init).map_err(to_py_err)?,
     };
-    let result = run_detached(py, num_threads, || km::kmeans(data, n, d, &cfg))?
-        .map_err(|e| to_py_err(py, e))?;
+    let result =
+        run_detached(py, num_threads, || km::kmeans(data, n, d, &cfg))?.map_err(to_py_err)?;
     let assignments: Vec<i64> = result.assignments.iter().map(|&a| a as i64).collect();
-    let centroids = PyArray1::from_vec(py, result.centroids).reshape([k, d])?;
-    (
-        assignments.into_pyarray(py),
-        centroids,
-        result.inertia,
-        result.inertia_history,
-        result.n_iter,
-        result.converged,
-        result.init.name(),
-    )
-        .into_pyobject(py)
+    Ok(KMeansResult {
+        assignments: assignments.into_pyarray(py).unbind(),
+        centroids: PyArray1::from_vec(py, result.centroids)
+            .reshape([k, d])?
+            .unbind(),
+        inertia: result.inertia,
+        inertia_history: result.inertia_history,
+        n_iter: result.n_iter,
+        converged: result.converged,
+        init: result.init.name().to_string(),
+    })
+}
+
+/// Ward agglomeration from a precomputed (N, N) float64 matrix of singleton merge costs
+/// 0.5 |x_i - x_j|^2 (upper triangle read): cluster labels 0..K by first member.
+#[pyfunction]
+fn ward_merge<'py>(
+    py: Python<'py>,
+    costs: PyReadonlyArray2<'py, f64>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let (n, m) = (costs.shape()[0], costs.shape()[1]);
+    if n != m {
+        return Err(InvalidArgumentError::new_err(format!(
+            "Ward cost matrix must be square, got {n} x {m}"
+        )));
+    }
+    let data = costs.as_slice()?.to_vec();
+    let labels = py
+        .detach(|| km::ward_merge(data, n, k))
+        .map_err(to_py_err)?;
+    Ok(labels
+        .into_iter()
+        .map(|l| l as i64)
+        .collect::<Vec<_>>()
+        .into_pyarray(py))
+}
+
+/// The host side of seeded k-means++ (the engine's random stream and D^2 draws).
+#[pyclass(module = "clusterprune._core")]
+struct PlusPlusSampler(km::PlusPlusSampler);
+
+#[pymethods]
+impl PlusPlusSampler {
+    #[new]
+    fn new(n: usize, seed: u64) -> PyResult<Self> {
+        km::PlusPlusSampler::new(n, seed)
+            .map(PlusPlusSampler)
+            .map_err(to_py_err)
+    }
+
+    /// The first (uniformly drawn) unit.
+    #[getter]
+    fn first(&self) -> usize {
+        self.0.first()
+    }
+
+    /// The next unit, drawn in proportion to `mind` (float64, one per unit).
+    fn next(&mut self, mind: PyReadonlyArray1<'_, f64>) -> PyResult<usize> {
+        self.0.next(mind.as_slice()?).map_err(to_py_err)
+    }
 }
 
 /// Ascending indices of the k largest scores (ties keep the lower index).
@@ -92,7 +215,7 @@ fn top_k<'py>(
     scores: PyReadonlyArray1<'py, f64>,
     k: usize,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-    let keep = select::top_k(scores.as_slice()?, k).map_err(|e| to_py_err(py, e))?;
+    let keep = select::top_k(scores.as_slice()?, k).map_err(to_py_err)?;
     Ok(keep
         .into_iter()
         .map(|i| i as i64)
@@ -102,21 +225,20 @@ fn top_k<'py>(
 
 /// K = round(N (1 - s)) per module.
 #[pyfunction]
-fn uniform_plan(py: Python<'_>, units: Vec<usize>, sparsity: f64) -> PyResult<Vec<usize>> {
-    allocate::uniform(&units, sparsity).map_err(|e| to_py_err(py, e))
+fn uniform_plan(units: Vec<usize>, sparsity: f64) -> PyResult<Vec<usize>> {
+    allocate::uniform(&units, sparsity).map_err(to_py_err)
 }
 
 /// The paper's variance-mixed plan (terciles by variance within each group).
 #[pyfunction]
 fn variance_plan(
-    py: Python<'_>,
     units: Vec<usize>,
     variances: Vec<f64>,
     groups: Vec<usize>,
     sparsity: f64,
     factor: f64,
 ) -> PyResult<Vec<usize>> {
-    allocate::variance(&units, &variances, &groups, sparsity, factor).map_err(|e| to_py_err(py, e))
+    allocate::variance(&units, &variances, &groups, sparsity, factor).map_err(to_py_err)
 }
 
 fn convert<'py, A: numpy::Element + Copy + Send + Sync, B: numpy::Element + Send>(
@@ -169,6 +291,11 @@ fn f32_to_bf16<'py>(
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans, m)?)?;
+    m.add_function(wrap_pyfunction!(ward_merge, m)?)?;
+    m.add_class::<KMeansResult>()?;
+    m.add_class::<PlusPlusSampler>()?;
+    m.add("INIT_NAMES", km::INIT_NAMES.to_vec())?;
+    m.add("MAX_THREADS", MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
     m.add_function(wrap_pyfunction!(uniform_plan, m)?)?;
     m.add_function(wrap_pyfunction!(variance_plan, m)?)?;

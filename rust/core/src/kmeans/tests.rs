@@ -275,3 +275,92 @@ fn auto_init_picks_ward_for_k_near_n() {
         Init::KMeansPlusPlus
     );
 }
+
+/// The exported Ward merge, fed the engine's own cost matrix, gives the engine's Ward labels.
+#[test]
+fn ward_merge_from_a_cost_matrix_matches_ward_init() {
+    for &(n, d, k, seed) in &[
+        (9usize, 5usize, 4usize, 1u64),
+        (40, 3, 25, 2),
+        (200, 7, 150, 3),
+    ] {
+        let data = random_matrix(n, d, seed);
+        let mut costs = vec![0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                costs[i * n + j] = 0.5 * sq_dist(row(&data, d, i), row(&data, d, j));
+            }
+        }
+        let labels = ward_merge(costs, n, k).unwrap();
+        let engine = ward_assignments(&data, n, d, k);
+        if n <= ROW_BLOCK {
+            assert_eq!(labels, engine, "n={n}");
+        }
+        let distinct: std::collections::BTreeSet<u32> = labels.iter().copied().collect();
+        assert_eq!(distinct.len(), k);
+        // first-member numbering: the label of unit i is at most the number of clusters seen before it
+        let mut seen = 0u32;
+        for &l in &labels {
+            assert!(l <= seen);
+            seen = seen.max(l + 1);
+        }
+    }
+}
+
+#[test]
+fn ward_merge_rejects_bad_matrices() {
+    assert!(ward_merge(vec![0.0; 8], 3, 2).is_err());
+    assert!(ward_merge(vec![0.0; 9], 3, 0).is_err());
+    assert!(ward_merge(vec![0.0; 9], 3, 4).is_err());
+    let mut bad = vec![0.0; 9];
+    bad[1] = f64::NAN;
+    assert!(ward_merge(bad, 3, 2).is_err());
+    // K = N keeps every unit; duplicates (zero costs) merge first member first
+    assert_eq!(ward_merge(vec![0.0; 9], 3, 3).unwrap(), vec![0, 1, 2]);
+    assert_eq!(ward_merge(vec![0.0; 9], 3, 1).unwrap(), vec![0, 0, 0]);
+}
+
+/// The sampler draws what a brute-force reference of the same stream draws.
+#[test]
+fn plusplus_sampler_follows_the_reference_draws() {
+    let n = 50;
+    let mut reference = SplitMix64::new(7);
+    let mut sampler = PlusPlusSampler::new(n, 7).unwrap();
+    assert_eq!(sampler.first(), reference.below(n));
+    let mut chosen = vec![false; n];
+    chosen[sampler.first()] = true;
+    let mut gen = SplitMix64::new(99);
+    for round in 0..20 {
+        let mind: Vec<f64> = (0..n)
+            .map(|i| {
+                if chosen[i] || i % 7 == round % 7 {
+                    0.0
+                } else {
+                    gen.next_f64()
+                }
+            })
+            .collect();
+        let total: f64 = mind.iter().sum();
+        let target = reference.next_f64() * total;
+        let mut acc = 0.0;
+        let mut want = usize::MAX;
+        for i in 0..n {
+            if mind[i] > 0.0 {
+                acc += mind[i];
+                want = i;
+                if acc > target {
+                    break;
+                }
+            }
+        }
+        let got = sampler.next(&mind).unwrap();
+        assert_eq!(got, want);
+        chosen[got] = true;
+    }
+    // all distances zero: lowest unchosen; wrong length or NaN: an error
+    let first_free = (0..n).find(|&i| !chosen[i]).unwrap();
+    assert_eq!(sampler.next(&vec![0.0; n]).unwrap(), first_free);
+    assert!(sampler.next(&[0.0; 3]).is_err());
+    assert!(sampler.next(&vec![f64::NAN; n]).is_err());
+    assert!(PlusPlusSampler::new(0, 1).is_err());
+}

@@ -1,0 +1,3 @@
+"""The package version (one place; pyproject.toml's version must match)."""
+
+__version__ = "0.1.0"

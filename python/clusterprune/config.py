@@ -1,0 +1,177 @@
+"""The one config object of a compression run, :class:`Recipe`, and the named recipes.
+
+Every choice is one dataclass field whose metadata holds its help text and its allowed values;
+the command line builds its override flags from these fields (``clusterprune compress --help``),
+:meth:`Recipe.validate` checks them, and :meth:`Recipe.to_dict` / :meth:`Recipe.from_dict` are
+what the output's metadata stores and what is read back. A new option = one field + one test.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .engine.rust import INITS
+from .errors import InvalidArgumentError
+from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
+
+METHODS = ("kmeans", "magnitude")
+KINDS = ("all", "ffn", "attention")
+ALLOCATIONS = ("uniform", "variance")
+VARIANCE_GROUPS = ("kind", "module_type")
+BUDGETS = ("units", "params")
+
+
+def _opt(default: Any, help: str, choices: Sequence[str] | Mapping[str, Any] | None = None) -> Any:
+    meta: dict[str, Any] = {"help": help}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every choice of one compression run; ``Recipe()`` is the default recipe, ``datafree``."""
+
+    name: str = field(default="datafree", metadata={"help": "the named recipe these choices started from"})
+    method: str = _opt(
+        "magnitude", "kmeans (cluster and merge units) or magnitude (remove the lowest-scoring)", METHODS
+    )
+    allocation: str = _opt("variance", "uniform K per module, or the paper's variance-mixed plan", ALLOCATIONS)
+    feature: str = _opt("weights", "what k-means sees of a unit", FEATURES)
+    weighting: str = _opt("none", "scaling of the feature blocks before clustering", WEIGHTINGS)
+    fusion: str = _opt(
+        "centroid",
+        "how a cluster becomes one unit: centroid (folded consumer summed), mean, or cosine "
+        "(mean direction x mean norm of the producers)",
+        FUSIONS,
+    )
+    score: str = _opt("gauss_ln", "removal score of a unit (method magnitude)", SCORES)
+    variance_groups: str = _opt("kind", "module types ranked together by the variance allocator", VARIANCE_GROUPS)
+    high_factor: float = _opt(1.2, "K multiplier of the high-variance third (paper 1.2)")
+    init: str = _opt("auto", "k-means initialisation", INITS)
+    max_iter: int = _opt(100, "maximum Lloyd iterations")
+    kinds: str = _opt("ffn", "module kinds compressed", KINDS)
+    budget: str = _opt(
+        "units",
+        "units: --sparsity is the fraction of units of every compressed module; params: of all compressible "
+        "parameters of the model",
+        BUDGETS,
+    )
+    remove_heads: int = _opt(0, "remove exactly this many heads from every encoder self-attention module")
+    compensate: bool = _opt(False, "fold removed units' modelled mean output into the consumer bias (magnitude only)")
+    refit: bool = _opt(
+        False, "re-solve kept FFN neurons' fc2 columns under the Gaussian LayerNorm input model (magnitude only)"
+    )
+
+    def validate(self) -> Recipe:
+        """The recipe with every value checked and of its field's Python type (numpy scalars are
+        accepted and converted, so the recipe stays JSON-serialisable)."""
+        typed: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = type(f.default)
+            if kind is bool:
+                if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
+                    raise InvalidArgumentError(f"recipe option {f.name} must be true or false, got {value!r}")
+                value = bool(value)
+            elif kind is int:
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                    raise InvalidArgumentError(f"recipe option {f.name} must be an integer, got {value!r}")
+                value = int(value)
+            elif kind is float:
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise InvalidArgumentError(f"recipe option {f.name} must be a number, got {value!r}")
+                value = float(value)
+            elif not isinstance(value, str):
+                raise InvalidArgumentError(f"recipe option {f.name} must be a string, got {value!r}")
+            allowed = f.metadata.get("choices")
+            if allowed is not None and value not in allowed:
+                raise InvalidArgumentError(f"unknown {f.name} {value!r} (expected one of: {', '.join(allowed)})")
+            typed[f.name] = value
+        checked = replace(self, **typed)
+        if not (checked.high_factor >= 1.0) or math.isinf(checked.high_factor):
+            raise InvalidArgumentError(f"high_factor {checked.high_factor} must be >= 1 and finite")
+        if checked.max_iter < 0:
+            raise InvalidArgumentError(f"max_iter {checked.max_iter} must be >= 0")
+        if checked.remove_heads < 0:
+            raise InvalidArgumentError(f"remove_heads {checked.remove_heads} must be >= 0")
+        if (checked.compensate or checked.refit) and checked.method != "magnitude":
+            raise InvalidArgumentError("compensate and refit apply to removal (method magnitude) only")
+        return checked
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """The recipe a checkpoint's metadata stored (unknown fields or values are refused;
+        fields a newer recipe added and an older checkpoint lacks take their defaults)."""
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(data) - known)
+        if bad:
+            raise InvalidArgumentError(f"unknown recipe option(s): {', '.join(bad)}")
+        return cls(**dict(data)).validate()
+
+    @classmethod
+    def options(cls) -> list[Any]:
+        """The fields a user may override (all but ``name``)."""
+        return [f for f in fields(cls) if f.name != "name"]
+
+
+# The recipes we recommend. Hyperparameters come from first principles, the choice between
+# recipes from the measured grid (README "Recipes beyond the paper").
+RECOMMENDED: dict[str, Recipe] = {
+    # Xu et al.: k-means on concatenated producer+consumer weights, centroid fusion, mixed sparsity.
+    "paper": Recipe(name="paper", method="kmeans", score="l2", kinds="all"),
+    # The paper's comparator: structured L2 magnitude pruning with a uniform plan.
+    "magnitude": Recipe(name="magnitude", allocation="uniform", score="l2", kinds="all"),
+    # The default: remove the FFN neurons of least output variance under a Gaussian LayerNorm input
+    # model, with the paper's variance-mixed allocation of the budget across FFN modules.
+    "datafree": Recipe(),
+    # datafree + the removed neurons' modelled mean output folded into fc2's bias
+    "datafree-comp": Recipe(name="datafree-comp", compensate=True),
+    # datafree + the kept neurons' fc2 columns re-solved under the Gaussian input model
+    "datafree-refit": Recipe(name="datafree-refit", refit=True),
+}
+
+# Measured and kept for comparison, not recommended (README: they lose to `datafree` on tiny.en).
+EXPERIMENTAL: dict[str, Recipe] = {
+    # cluster FFN neurons by the direction of their fc1 rows; merge direction and scale separately
+    "cosine": Recipe(
+        name="cosine", method="kmeans", allocation="uniform", feature="direction", fusion="cosine", score="l2"
+    ),
+    # datafree-comp on FFNs + the one encoder head of least modelled output variance (gauss_attn)
+    # removed per encoder self-attention module, its mean output kept in out_proj's bias; the
+    # sparsity counts all compressible parameters (heads first, FFN neurons for the rest)
+    "datafree-heads": Recipe(
+        name="datafree-heads",
+        allocation="uniform",
+        score="gauss_attn",
+        budget="params",
+        remove_heads=1,
+        compensate=True,
+    ),
+}
+
+RECIPES: dict[str, Recipe] = {**RECOMMENDED, **EXPERIMENTAL}
+DEFAULT_RECIPE = "datafree"
+
+
+def make_recipe(recipe: str | Recipe = DEFAULT_RECIPE, **overrides: Any) -> Recipe:
+    """A named recipe (or a given one) with some choices overridden (None means 'keep')."""
+    if isinstance(recipe, Recipe):
+        base = recipe
+    elif recipe in RECIPES:
+        base = RECIPES[recipe]
+    else:
+        raise InvalidArgumentError(f"unknown recipe {recipe!r} (expected one of: {', '.join(RECIPES)})")
+    known = {f.name for f in Recipe.options()}
+    bad = set(overrides) - known
+    if bad:
+        raise InvalidArgumentError(f"unknown recipe option(s): {', '.join(sorted(bad))}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return replace(base, **changes).validate()

@@ -1,0 +1,188 @@
+"""The k-means of the Rust engine, with the array work on an array namespace (NumPy or CuPy).
+
+Same algorithm, same tie rules, same seeds: Ward initialisation when K >= N/2 and N <= WARD_MAX_N
+(else seeded k-means++), then Lloyd steps in which a unit moves only when its exact distance to
+the proposed centroid is strictly smaller, and empty clusters take the farthest unit of a cluster
+with >= 2 members. The distance matrices, GEMMs, reductions and centroid updates run on the
+namespace (the GPU with CuPy); the sequential host steps are the Rust engine's own functions:
+Ward's merge loop (:func:`~clusterprune.engine.rust.ward_merge`, fed the device-computed cost
+matrix) and the k-means++ draws (:class:`~clusterprune.engine.rust.PlusPlusSampler`, fed the
+device-computed distances). With NumPy it runs (and is tested) on any machine.
+
+Floating-point order differs from the Rust engine (f64 GEMM here, f32 GEMM there), so where two
+candidate merges or centroids tie to rounding the assignments may differ; the inertia then agrees
+to ~1e-4 relative or better (tested).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import DeviceUnavailableError, InvalidArgumentError, NonFiniteError
+from .rust import INITS, WARD_MAX_N, KMeansResult, PlusPlusSampler, check_k, check_seed, ward_merge
+
+DEVICES = ("cpu", "cuda", "numpy")
+
+
+def namespace(device: str) -> Any:
+    """Array namespace of a device: cupy for ``cuda`` (a clear error when CuPy or a GPU is
+    missing), numpy for ``numpy`` (the GPU code path run on the CPU, for testing and comparison)."""
+    if device not in DEVICES:
+        raise InvalidArgumentError(f"unknown device {device!r} (expected one of: {', '.join(DEVICES)})")
+    if device != "cuda":
+        return np
+    try:
+        import cupy
+    except ImportError:
+        raise DeviceUnavailableError("--device cuda needs CuPy: pip install 'clusterprune[gpu]'") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDA driver missing or broken
+        raise DeviceUnavailableError(f"--device cuda: no usable CUDA device ({exc})") from None
+    if count < 1:
+        raise DeviceUnavailableError("--device cuda: no CUDA device found")
+    return cupy
+
+
+def to_host(xp: Any, a: Any) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and xp is not np else np.asarray(a)
+
+
+def _sq_dist_rows(xp: Any, x: Any, c: Any) -> Any:
+    """Exact f64 squared distances between matching rows of x and c."""
+    diff = x.astype(xp.float64) - c.astype(xp.float64)
+    return (diff * diff).sum(axis=1)
+
+
+def segment_sum(xp: Any, labels: Any, x: Any, k: int) -> Any:
+    """(k, d) float64 sums of the rows of ``x`` per label."""
+    out = xp.zeros((k, x.shape[1]), dtype=xp.float64)
+    if xp is np:
+        np.add.at(out, labels, x)
+    else:  # pragma: no cover - needs a GPU
+        import cupyx
+
+        cupyx.scatter_add(out, labels, x)
+    return out
+
+
+def _centroids(xp: Any, x: Any, labels: Any, k: int, old: Any | None) -> Any:
+    sums = segment_sum(xp, labels, x.astype(xp.float64), k)
+    counts = xp.bincount(labels, minlength=k).astype(xp.float64)
+    means = (sums / xp.maximum(counts, 1)[:, None]).astype(xp.float32)
+    if old is not None:
+        means = xp.where((counts > 0)[:, None], means, old)
+    return means
+
+
+def _nearest(xp: Any, x: Any, c: Any) -> Any:
+    cnorm = (c.astype(xp.float64) ** 2).sum(axis=1)
+    score = cnorm[None, :] - 2.0 * (x.astype(xp.float64) @ c.astype(xp.float64).T)
+    return xp.argmin(score, axis=1)  # first minimum: lowest index on ties
+
+
+def _fill_empty(assign: np.ndarray, own: np.ndarray, k: int) -> int:
+    size = np.bincount(assign, minlength=k)
+    moved = 0
+    for j in np.flatnonzero(size == 0):
+        candidates = np.flatnonzero(size[assign] >= 2)
+        i = int(candidates[np.argmax(own[candidates])])  # first maximum: lowest index on ties
+        size[assign[i]] -= 1
+        assign[i] = j
+        own[i] = 0.0
+        size[j] = 1
+        moved += 1
+    return moved
+
+
+def _kmeanspp(xp: Any, x: Any, k: int, seed: int) -> Any:
+    """k-means++ seeds: distances on the namespace, draws by the engine's sampler."""
+    sampler = PlusPlusSampler(x.shape[0], seed)
+    picks = [sampler.first]
+    mind = to_host(xp, _sq_dist_rows(xp, x, x[picks[0]][None, :]))
+    while len(picks) < k:
+        nxt = sampler.next(np.ascontiguousarray(mind, dtype=np.float64))
+        picks.append(nxt)
+        mind = np.minimum(mind, to_host(xp, _sq_dist_rows(xp, x, x[nxt][None, :])))
+    return x[xp.asarray(picks)]
+
+
+def _ward(xp: Any, x: Any, k: int) -> np.ndarray:
+    """Ward labels: the singleton merge costs on the namespace, the merge loop in Rust."""
+    x64 = x.astype(xp.float64)
+    norms = (x64 * x64).sum(axis=1)
+    d2 = xp.maximum(norms[:, None] + norms[None, :] - 2.0 * (x64 @ x64.T), 0.0)
+    return ward_merge(to_host(xp, 0.5 * d2), k).astype(np.int64)
+
+
+def kmeans_xp(
+    units: Any, k: int, seed: int = 0, *, xp: Any = np, init: str = "auto", max_iter: int = 100
+) -> KMeansResult:
+    """k-means on the rows of ``units`` with array namespace ``xp`` (see the module docstring)."""
+    x = xp.ascontiguousarray(xp.asarray(units), dtype=xp.float32)
+    if x.ndim != 2:
+        raise InvalidArgumentError(f"units must be a 2-D (N, d) matrix, got shape {x.shape}")
+    n = x.shape[0]
+    k, seed = check_k(k), check_seed(seed)
+    if not 1 <= k <= n:
+        raise InvalidArgumentError(f"K = {k} is outside [1, N = {n}]")
+    bad = to_host(xp, ~xp.isfinite(x).all(axis=1))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        col = int(np.flatnonzero(~np.isfinite(to_host(xp, x[row])))[0])
+        raise NonFiniteError(f"non-finite value (NaN or Inf) in unit {row} at position {col}")
+    if init not in INITS:
+        raise InvalidArgumentError(f"unknown k-means init '{init}' (expected {', '.join(INITS)})")
+    used = init if init != "auto" else ("ward" if n <= WARD_MAX_N and 2 * k >= n else "kmeans++")
+    if k == n:
+        return _result(np.arange(n), to_host(xp, x), [0.0], 0, True, used)
+    if used == "ward":
+        assign = _ward(xp, x, k)
+    else:
+        seeds = _kmeanspp(xp, x, k, seed)
+        assign = to_host(xp, _nearest(xp, x, seeds)).astype(np.int64)
+        own = to_host(xp, _sq_dist_rows(xp, x, seeds[xp.asarray(assign)]))
+        _fill_empty(assign, own, k)
+    cents = _centroids(xp, x, xp.asarray(assign), k, None)
+    own = to_host(xp, _sq_dist_rows(xp, x, cents[xp.asarray(assign)]))
+    history = [float(own.sum())]
+    n_iter, converged = 0, False
+    while n_iter < max_iter:
+        movable = np.flatnonzero(own > 0.0)
+        changed = 0
+        if movable.size:
+            mv = xp.asarray(movable)
+            cand = to_host(xp, _nearest(xp, x[mv], cents))
+            differs = cand != assign[movable]
+            if differs.any():
+                rows, targets = movable[differs], cand[differs]
+                dist = to_host(xp, _sq_dist_rows(xp, x[xp.asarray(rows)], cents[xp.asarray(targets)]))
+                better = dist < own[rows]
+                assign[rows[better]] = targets[better]
+                own[rows[better]] = dist[better]
+                changed = int(better.sum())
+        changed += _fill_empty(assign, own, k)
+        if changed == 0:
+            converged = True
+            break
+        cents = _centroids(xp, x, xp.asarray(assign), k, cents)
+        own = to_host(xp, _sq_dist_rows(xp, x, cents[xp.asarray(assign)]))
+        history.append(float(own.sum()))
+        n_iter += 1
+    return _result(assign, to_host(xp, cents), history, n_iter, converged, used)
+
+
+def _result(
+    assign: np.ndarray, cents: np.ndarray, history: list[float], n_iter: int, converged: bool, init: str
+) -> KMeansResult:
+    return KMeansResult(
+        np.ascontiguousarray(assign, dtype=np.int64),
+        np.ascontiguousarray(cents, dtype=np.float32),
+        history[-1],
+        history,
+        n_iter,
+        converged,
+        init,
+    )

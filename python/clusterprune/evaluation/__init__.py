@@ -1,0 +1,1 @@
+"""Speech data, word error rate, sweeps."""

@@ -1,0 +1,1 @@
+"""Importers of other checkpoint formats (CTranslate2 Whisper)."""

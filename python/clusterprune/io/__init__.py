@@ -1,0 +1,1 @@
+"""Files: safetensors reading and writing, checkpoint directories, atomic outputs, metadata."""

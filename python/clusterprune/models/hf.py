@@ -1,0 +1,133 @@
+"""Hugging Face loading (needs the ``hf`` extra: torch + transformers): dense and fused checkpoints
+through ``from_pretrained``, folded ones through :func:`load_folded`.
+
+A folded checkpoint is the genuinely smaller model: config.json is the original one plus
+``clusterprune_folded`` = {module name: units kept}. We build the model from its config, shrink
+the listed modules' nn.Linear layers (and the head counts of attention modules), then load the
+weights.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError
+from ..io.checkpoint import Checkpoint, read_json
+from ..io.metadata import FOLDED_KEY, read_folded
+from .family import Family
+from .registry import family_of
+
+
+def _torch_modules() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise UnsupportedModelError(
+            f"loading a model needs torch and transformers (pip install 'clusterprune[hf]'): {exc}"
+        ) from None
+    return torch, transformers
+
+
+def torch_device(device: str) -> Any:
+    """A torch device, with a clear error when it is unknown or not available here."""
+    import torch
+
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InvalidArgumentError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"--device {device}: torch sees no CUDA GPU on this machine")
+    return target
+
+
+def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
+    """A working transformers model (eval mode) from a folded clusterprune checkpoint."""
+    torch, transformers = _torch_modules()
+    path = Path(path)
+    with Checkpoint(path) as ckpt:
+        config_dict = ckpt.config
+        folded = read_folded(config_dict, path / "config.json")
+        if folded is None:
+            raise CorruptCheckpointError(
+                f"{path / 'config.json'}: no '{FOLDED_KEY}' entry: not a folded clusterprune checkpoint"
+            )
+        # the unit map of the *original* shapes comes from config.json alone
+        umap = family_of(config_dict, str(path / "config.json")).unit_map(config_dict, set(ckpt.where))
+        state = {name: torch.from_numpy(ckpt.raw(name).copy()) for name in ckpt.names()}
+        for name, t in state.items():
+            if ckpt.info(name).dtype == "BF16":
+                state[name] = t.view(torch.bfloat16)
+    config = transformers.AutoConfig.from_pretrained(path)
+    arch = (config.architectures or [None])[0]
+    model_cls = getattr(transformers, arch, None) if arch else None
+    if model_cls is None:
+        raise UnsupportedModelError(f"{path / 'config.json'}: unknown architecture {arch!r}")
+    model = model_cls(config)
+    specs = {s.name: s for s in umap.modules}
+    for name, k in folded.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise CorruptCheckpointError(f"{path / 'config.json'}: folded module {name} is not in the model")
+        width = int(k) * spec.unit_rows
+        for part in spec.parts:
+            if part.role == "bias":
+                continue
+            lin_path = spec.linear_of(part)
+            parent_path, attr = lin_path.rsplit(".", 1)
+            parent = model.get_submodule(parent_path)
+            old = getattr(parent, attr)
+            if part.role == "producer":
+                new = torch.nn.Linear(old.in_features, width, bias=old.bias is not None, dtype=old.weight.dtype)
+            else:
+                new = torch.nn.Linear(width, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+            setattr(parent, attr, new)
+        if spec.kind == "attention":
+            attn = model.get_submodule(spec.name)
+            attn.num_heads = int(k)
+            if hasattr(attn, "embed_dim"):
+                attn.embed_dim = width
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape that disagrees with the folded plan
+        raise CorruptCheckpointError(
+            f"{path}: folded weights do not fit the model: {str(exc).splitlines()[-1]}"
+        ) from None
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    real_missing = [m for m in missing if m not in tied and not m.endswith("proj_out.weight")]
+    if real_missing or unexpected:
+        raise CorruptCheckpointError(
+            f"{path}: folded weights do not fit the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+    if (path / "generation_config.json").is_file() and hasattr(model, "generation_config"):
+        model.generation_config = transformers.GenerationConfig.from_pretrained(path)
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
+    """(model in fp32 eval mode, processor, family) for a dense, fused or folded checkpoint."""
+    _torch_modules()
+    path = Path(model_dir)
+    config = read_json(path / "config.json")
+    if not isinstance(config, dict):
+        raise CorruptCheckpointError(f"{path / 'config.json'}: not a JSON object")
+    family = family_of(config, str(path / "config.json"))
+    try:
+        processor = family.load_processor(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CorruptCheckpointError(
+            f"{path}: cannot load the {family.name} processor (tokenizer / feature extractor files): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    if FOLDED_KEY in config:
+        model = load_folded(path)
+    else:
+        model = family.model_class().from_pretrained(path, dtype="float32")
+    return model.float().eval(), processor, family

@@ -1,0 +1,1 @@
+"""The strategies a recipe chooses among: features, weightings, fusions, scores, refit."""

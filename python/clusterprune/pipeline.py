@@ -57,22 +57,27 @@ class Report:
     seconds: float = 0.0
     device: str = "cpu"
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, run_details: bool = True) -> dict[str, Any]:
+        """The report as JSON. ``run_details=False`` leaves out what differs between two runs
+        of the same input and options (timings, destination): that is the plan file written
+        into the output, which is then byte-identical from run to run."""
         d = self.plan.to_dict()
         results = {m.name: m for m in self.modules}
         for row in d["modules"]:
             if row["name"] in results:
                 r = results[row["name"]]
-                row.update(rel_wcss=r.rel_wcss, n_iter=r.n_iter, init=r.init, seconds=r.seconds)
+                row.update(rel_wcss=r.rel_wcss, n_iter=r.n_iter, init=r.init)
+                if run_details:
+                    row["seconds"] = r.seconds
         d.update(
             clusterprune_version=__version__,
             export=self.export,
-            destination=self.destination,
             bytes_before=self.bytes_before,
             bytes_after=self.bytes_after,
-            seconds=self.seconds,
             device=self.device,
         )
+        if run_details:
+            d.update(destination=self.destination, seconds=self.seconds)
         return d
 
 
@@ -193,7 +198,7 @@ def execute(
                 for m in plan.modules
             )
         report.seconds = time.monotonic() - started
-        (tmp / PLAN_FILE).write_text(json.dumps(report.to_dict(), indent=2))
+        (tmp / PLAN_FILE).write_text(json.dumps(report.to_dict(run_details=False), indent=2))
     return report
 
 

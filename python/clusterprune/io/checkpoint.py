@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError
-from .safetensors import SafetensorsFile, TensorInfo, nbytes, to_f32
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError
+from .safetensors import FLOAT_DTYPES, SafetensorsFile, TensorInfo, first_non_finite, nbytes, to_f32
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"
@@ -151,6 +151,18 @@ class Checkpoint:
 
     def info(self, name: str) -> TensorInfo:
         return self.files[self.where[name]].tensors[name]
+
+    def check_finite(self) -> None:
+        """Refuses a checkpoint with a NaN or Inf in any floating tensor (one line naming it)."""
+        for name in self.names():
+            info = self.info(name)
+            if info.dtype in FLOAT_DTYPES:
+                bad = first_non_finite(self.raw(name), info.dtype)
+                if bad is not None:
+                    where = [int(i) for i in np.unravel_index(bad, info.shape)] if info.shape else []
+                    raise NonFiniteError(
+                        f"{self.file_of(name)}: tensor {name} has a non-finite value (NaN or Inf) at index {where}"
+                    )
 
     def total_bytes(self, shapes: dict[str, tuple[int, ...]] | None = None) -> int:
         """Bytes of every tensor (with ``shapes`` replacing the stored shapes where given)."""

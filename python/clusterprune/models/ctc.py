@@ -46,6 +46,27 @@ class CtcEncoder(Family):
             )
         return UnitMap(family, tuple(modules))
 
+    def required_tensors(self, config: dict[str, Any], names: set[str]) -> dict[str, tuple[int, ...]]:
+        """The transformer blocks' biases and LayerNorms and the CTC head (the convolutional
+        feature encoder's layout varies with its config and is left to transformers)."""
+        family = str(config.get("model_type"))
+        d = need_int(config, "hidden_size", family)
+        ffn = need_int(config, "intermediate_size", family)
+        p = tensor_prefix(names, (f"{family}.", ""), "encoder.layers.0.attention.q_proj.weight", family)
+        need: dict[str, tuple[int, ...]] = {f"{p}encoder.layer_norm.weight": (d,), f"{p}encoder.layer_norm.bias": (d,)}
+        for i in range(need_int(config, "num_hidden_layers", family)):
+            base = f"{p}encoder.layers.{i}"
+            for t in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                need[f"{base}.attention.{t}.bias"] = (d,)
+            for norm in ("layer_norm", "final_layer_norm"):
+                need[f"{base}.{norm}.weight"] = need[f"{base}.{norm}.bias"] = (d,)
+            need[f"{base}.feed_forward.intermediate_dense.bias"] = (ffn,)
+            need[f"{base}.feed_forward.output_dense.bias"] = (d,)
+        if any(str(a).endswith("ForCTC") for a in config.get("architectures") or []):
+            vocab = need_int(config, "vocab_size", family)
+            need["lm_head.weight"], need["lm_head.bias"] = (vocab, d), (vocab,)
+        return need
+
     def attended_tokens(self, config: dict[str, Any], spec: ModuleSpec) -> int:
         return CTC_TOKENS
 

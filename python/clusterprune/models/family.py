@@ -25,6 +25,11 @@ class Family:
     def unit_map(self, config: dict[str, Any], names: set[str]) -> UnitMap:
         raise NotImplementedError
 
+    def required_tensors(self, config: dict[str, Any], names: set[str]) -> dict[str, tuple[int, ...]]:
+        """Every tensor (beyond the unit parts) the architecture needs, with the shape config.json
+        implies: a checkpoint lacking one would load with that tensor random-initialised."""
+        raise NotImplementedError
+
     def attended_tokens(self, config: dict[str, Any], spec: ModuleSpec) -> int:
         """Typical number of tokens a head of ``spec`` attends over (the Gaussian sharpness model)."""
         raise NotImplementedError

@@ -119,6 +119,8 @@ def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
     if not isinstance(config, dict):
         raise CorruptCheckpointError(f"{path / 'config.json'}: not a JSON object")
     family = family_of(config, str(path / "config.json"))
+    with Checkpoint(path) as ckpt:  # the format, shards and values, checked before transformers reads them
+        ckpt.check_finite()
     try:
         processor = family.load_processor(path)
     except (OSError, ValueError, TypeError) as exc:
@@ -126,8 +128,16 @@ def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
             f"{path}: cannot load the {family.name} processor (tokenizer / feature extractor files): "
             f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None
-    if FOLDED_KEY in config:
-        model = load_folded(path)
-    else:
-        model = family.model_class().from_pretrained(path, dtype="float32")
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small local checkpoint
+    try:
+        if FOLDED_KEY in config:
+            model = load_folded(path)
+        else:
+            model = family.model_class().from_pretrained(path, dtype="float32")
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return model.float().eval(), processor, family

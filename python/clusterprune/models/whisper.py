@@ -78,6 +78,33 @@ class Whisper(Family):
                 )
         return UnitMap("whisper", tuple(modules))
 
+    def required_tensors(self, config: dict[str, Any], names: set[str]) -> dict[str, tuple[int, ...]]:
+        d = need_int(config, "d_model", "whisper")
+        p = tensor_prefix(names, ("model.", ""), "encoder.layers.0.fc1.weight", "whisper")
+        mels = int(config.get("num_mel_bins", 80))
+        need: dict[str, tuple[int, ...]] = {
+            f"{p}encoder.conv1.weight": (d, mels, 3),
+            f"{p}encoder.conv1.bias": (d,),
+            f"{p}encoder.conv2.weight": (d, d, 3),
+            f"{p}encoder.conv2.bias": (d,),
+            f"{p}encoder.embed_positions.weight": (int(config.get("max_source_positions", 1500)), d),
+            f"{p}decoder.embed_tokens.weight": (int(config.get("vocab_size", 51865)), d),
+            f"{p}decoder.embed_positions.weight": (int(config.get("max_target_positions", 448)), d),
+        }
+        for stack in ("encoder", "decoder"):
+            ffn = need_int(config, f"{stack}_ffn_dim", "whisper")
+            need[f"{p}{stack}.layer_norm.weight"] = need[f"{p}{stack}.layer_norm.bias"] = (d,)
+            for i in range(need_int(config, f"{stack}_layers", "whisper")):
+                base = f"{p}{stack}.layers.{i}"
+                attns = ("self_attn", "encoder_attn") if stack == "decoder" else ("self_attn",)
+                for attn in attns:
+                    for t in ("q_proj.bias", "v_proj.bias", "out_proj.bias", "_layer_norm.weight", "_layer_norm.bias"):
+                        need[f"{base}.{attn}{'' if t.startswith('_') else '.'}{t}"] = (d,)
+                need[f"{base}.fc1.bias"] = (ffn,)
+                need[f"{base}.fc2.bias"] = (d,)
+                need[f"{base}.final_layer_norm.weight"] = need[f"{base}.final_layer_norm.bias"] = (d,)
+        return need
+
     def attended_tokens(self, config: dict[str, Any], spec: ModuleSpec) -> int:
         """The encoder always sees its full 30 s window (max_source_positions frames), and so do
         the cross-attention heads; decoder self-attention sees the tokens so far."""

@@ -1,0 +1,117 @@
+"""The layout's promises: lean imports, one config object end to end, one family registry."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import clusterprune
+from clusterprune.cli import build_parser
+from clusterprune.config import DEFAULT_RECIPE, EXPERIMENTAL, RECIPES, RECOMMENDED, Recipe, make_recipe
+from clusterprune.errors import InvalidArgumentError, UnsupportedModelError
+from clusterprune.models.registry import FAMILIES, family_of
+
+HEAVY = ("torch", "transformers", "datasets", "jiwer")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "import clusterprune",
+        "import clusterprune.cli as c\ntry:\n    c.main(['compress', '--help'])\nexcept SystemExit:\n    pass",
+        "import clusterprune.cli as c\ntry:\n    c.main(['inspect', '--help'])\nexcept SystemExit:\n    pass",
+    ],
+)
+def test_lean_imports(code):
+    probe = code + f"\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+
+
+def _compress_parser():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    return sub.choices["compress"]
+
+
+def test_every_recipe_field_is_a_flag_with_its_help_and_choices():
+    actions = {a.dest: a for a in _compress_parser()._actions}
+    for f in Recipe.options():
+        a = actions[f.name]
+        assert a.help == f.metadata["help"] and a.default is None
+        if "choices" in f.metadata:
+            assert tuple(a.choices) == f.metadata["choices"]
+    assert "cosine" in actions["fusion"].choices  # the registry, not a hand-written list
+
+
+def test_a_flag_reaches_the_recipe(checkpoints, tmp_path):
+    from clusterprune import cli
+
+    dst = tmp_path / "o"
+    assert (
+        cli.main(
+            [
+                "compress",
+                str(checkpoints["whisper"]),
+                str(dst),
+                "--recipe",
+                "paper",
+                "--fusion",
+                "mean",
+                "--high-factor",
+                "1.1",
+                "--no-compensate",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
+    stored = clusterprune.inspect(dst)["compression"]["recipe"]
+    assert Recipe.from_dict(stored) == make_recipe("paper", fusion="mean", high_factor=1.1)
+
+
+def test_recipe_defaults_round_trip_and_catalog():
+    assert Recipe() == RECIPES[DEFAULT_RECIPE] and DEFAULT_RECIPE in RECOMMENDED
+    assert set(EXPERIMENTAL) == {"cosine", "datafree-heads"} and not set(EXPERIMENTAL) & set(RECOMMENDED)
+    for r in RECIPES.values():
+        assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    with pytest.raises(InvalidArgumentError, match="unknown recipe option"):
+        Recipe.from_dict({**Recipe().to_dict(), "colour": "blue"})
+    with pytest.raises(InvalidArgumentError, match="unknown score"):
+        Recipe.from_dict({**Recipe().to_dict(), "score": "nope"})
+    older = {k: v for k, v in RECIPES["paper"].to_dict().items() if k != "refit"}  # a field added later
+    assert Recipe.from_dict(older) == RECIPES["paper"]
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_values():
+    r = make_recipe("paper", high_factor=np.float32(1.25), max_iter=np.int64(7), compensate=None)
+    assert type(r.high_factor) is float and type(r.max_iter) is int
+    json.dumps(r.to_dict())
+    with pytest.raises(InvalidArgumentError, match="must be an integer"):
+        make_recipe("paper", max_iter=2.5)
+
+
+def test_api_accepts_a_recipe_object_and_numpy_scalars(checkpoints, tmp_path):
+    recipe = dataclasses.replace(RECIPES["paper"], allocation="uniform")
+    report = clusterprune.compress(
+        checkpoints["whisper"],
+        tmp_path / "o",
+        recipe,
+        sparsity=np.float32(0.25),
+        seed=np.int64(3),
+        k_overrides={"model.encoder.layers.0.ffn": np.int64(40)},
+    )
+    assert report.plan.recipe == recipe and report.plan.seed == 3
+    assert {m.name: m.k for m in report.plan.modules}["model.encoder.layers.0.ffn"] == 40
+
+
+def test_family_registry():
+    assert {t for t in FAMILIES} == {"whisper", "hubert", "wav2vec2"}
+    with pytest.raises(UnsupportedModelError, match="unsupported model_type 'bert'"):
+        family_of({"model_type": "bert"})
+    with pytest.raises(UnsupportedModelError):
+        family_of({"model_type": ["whisper"]})

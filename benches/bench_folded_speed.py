@@ -4,8 +4,8 @@
         [--recipe paper] [--allocation A] [--budget units|params] [--repeats 7] [--workdir bench-out/folded]
 
 For each sparsity: compress MODEL_DIR with --export folded, then time one fixed forward pass
-(Whisper: encoder on 30 s of features + decoder teacher-forced over 64 tokens; CTC models: 10 s of
-audio) of the dense and the folded model, interleaved, and report the median of the repeats, the
+(Whisper: encoder on its full window, 30 s of features, + decoder teacher-forced over 64 tokens
+or its context if shorter; CTC models: 10 s of audio) of the dense and the folded model, interleaved, and report the median of the repeats, the
 speed-up and the parameter count. Timings are side by side in one process on the same machine.
 """
 
@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 import clusterprune
-from clusterprune.models.hf import load_model
+from clusterprune.models.hf import load_weights
 
 
 def forward_fn(model, family: str):
     g = torch.Generator().manual_seed(0)
     if family == "whisper":
-        feats = torch.randn(1, model.config.num_mel_bins, 3000, generator=g)
-        dec = torch.randint(0, 50000, (1, 64), generator=g) % model.config.vocab_size
+        feats = torch.randn(1, model.config.num_mel_bins, 2 * model.config.max_source_positions, generator=g)
+        tokens = min(64, model.config.max_target_positions)
+        dec = torch.randint(0, 50000, (1, tokens), generator=g) % model.config.vocab_size
         return lambda: model(input_features=feats, decoder_input_ids=dec)
     audio = torch.randn(1, 160000, generator=g)
     return lambda: model(audio)
@@ -60,7 +61,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dense, _, family = load_model(args.model_dir)
+    dense = load_weights(args.model_dir)
+    family = dense.config.model_type
     n_dense = sum(p.numel() for p in dense.parameters())
     rows = []
     for s in [float(v) for v in args.sparsities.split(",")]:
@@ -77,7 +79,7 @@ def main() -> None:
             allocation=args.allocation,
             budget=args.budget,
         )
-        folded, _, _ = load_model(out)
+        folded = load_weights(out)
         f_dense, f_folded = forward_fn(dense, family), forward_fn(folded, family)
         t_dense, t_folded = [], []
         for _ in range(3):  # interleave so drift on a shared machine hits both

@@ -1,11 +1,21 @@
-"""Speed benchmark: a Whisper-large-v3-shaped checkpoint (real module shapes, 32 + 32 layers,
-synthetic fp16 weights with per-module statistics that vary like a trained model's) compressed
-at 10 % sparsity by the `clusterprune` CLI, and scikit-learn's KMeans run side by side on a
-sample of the same unit matrices.
+"""Compression speed of the k-means engine on a Whisper-large-v3-shaped checkpoint (real module
+shapes, 32 + 32 layers, synthetic fp16 weights with per-module statistics that vary like a
+trained model's), compressed at 10 % sparsity by the `clusterprune` CLI:
+
+* one row per recipe: `--recipe` (default `paper`: k-means over all 160 modules, heads + FFN,
+  what this bench exists to time) and `--second-recipe` (default `datafree`, the default recipe;
+  `none` skips it), each with its wall time, its own peak RSS, and the GEMM floor: the time of one
+  N x d by d x K float32 GEMM (numpy) per clustered module, measured on this machine (per module
+  shape at the largest K, scaled linearly in K);
+* scikit-learn's KMeans side by side on a sample of the modules the k-means recipe really
+  clustered (attention and FFN): speed and inertia ratios.
 
     python benches/bench_whisper_large.py [--layers 32] [--workdir bench-out] [--sklearn-modules 3]
+        [--recipe paper] [--second-recipe datafree]
 
-Prints a markdown table and writes bench-out/bench_whisper_large.json.
+Prints markdown tables and writes WORKDIR/bench_whisper_large.json: {"machine", "layers",
+"checkpoint_gib", "runs": [{"recipe", "compress_seconds", "peak_rss_gib", "gemm_floor_seconds",
+"modules", "clustered_modules"}], "sklearn": [{"module", "speedup", "inertia_ratio", ...}]}.
 """
 
 from __future__ import annotations
@@ -14,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -111,27 +120,45 @@ def make_checkpoint(path: Path, layers: int) -> None:
     (path / "config.json").write_text(json.dumps(whisper_large_config(layers), indent=2))
 
 
-def run_cli(src: Path, dst: Path, report: Path) -> tuple[float, float]:
-    """Wall seconds and peak RSS (GiB) of one `clusterprune compress` run."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "clusterprune.cli",
-        "compress",
-        str(src),
-        str(dst),
-        "--sparsity",
-        "0.1",
-        "--overwrite",
-        "--quiet",
-        "--report",
-        str(report),
-    ]
+def run_cli(src: Path, dst: Path, report: Path, recipe: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (GiB, of this run's process alone) of one `clusterprune compress`."""
+    cmd = [sys.executable, "-m", "clusterprune.cli", "compress", str(src), str(dst), "--recipe", recipe]
+    cmd += ["--sparsity", "0.1", "--overwrite", "--quiet", "--report", str(report)]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return wall, peak_kib / 2**20
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise SystemExit(f"compress with recipe {recipe} failed (exit {proc.returncode})")
+    return wall, usage.ru_maxrss / 2**20
+
+
+def gemm_floor(src: Path, report: dict) -> float:
+    """Seconds of one N x d @ d x K float32 GEMM per clustered module (k-means's distance step)."""
+    with Checkpoint(src) as ckpt:
+        specs = {s.name: s for s in unit_map(ckpt.config, set(ckpt.where)).modules}
+    method = report["recipe"]["method"]
+    clustered = [m for m in report["modules"] if m["k"] < m["n_units"]] if method == "kmeans" else []
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for m in clustered:
+        spec = specs[m["name"]]
+        d = sum(spec.part_width(p) for p in spec.parts if p.role in ("producer", "consumer"))
+        by_shape.setdefault((m["n_units"], d), []).append(m["k"])
+    rng = np.random.default_rng(0)
+    total = 0.0
+    for (n, d), ks in sorted(by_shape.items()):
+        k_ref = max(ks)
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        c = rng.standard_normal((k_ref, d), dtype=np.float32)
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            x @ c.T
+            times.append(time.perf_counter() - t)
+        t_ref = sorted(times)[1]
+        total += sum(t_ref * k / k_ref for k in ks)
+    return total
 
 
 def inertia(x: np.ndarray, labels: np.ndarray) -> float:
@@ -159,7 +186,8 @@ def sklearn_side_by_side(src: Path, report: dict, count: int) -> list[dict]:
         # compare only modules that are really clustered (the variance plan keeps K = N in some)
         ffn = [s for s in umap.modules if s.kind == "ffn" and plan[s.name] < s.n_units]
         attn = [s for s in umap.modules if s.kind == "attention" and plan[s.name] < s.n_units]
-        sample = [attn[0], ffn[0], attn[len(attn) // 2], ffn[-1]][:count]
+        picks = attn[:1] + ffn[:1] + attn[len(attn) // 2 :][:1] + ffn[-1:]
+        sample = [m for i, m in enumerate(picks) if m not in picks[:i]][:count]
         for spec in sample:
             x = unit_matrix(ckpt, spec)
             k = plan[spec.name]
@@ -195,30 +223,53 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=32, help="layers per stack (32 = whisper-large-v3)")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     ap.add_argument("--sklearn-modules", type=int, default=3, help="modules compared with scikit-learn (0: skip)")
+    ap.add_argument("--recipe", default="paper", help="the recipe timed first (default paper: the k-means engine)")
+    ap.add_argument("--second-recipe", default="datafree", help="a second row (default datafree; 'none' skips it)")
     args = ap.parse_args()
     src = args.workdir / f"whisper-large-shaped-{args.layers}"
     print(f"building {src} ...", flush=True)
     make_checkpoint(src, args.layers)
     ckpt_gib = (src / "model.safetensors").stat().st_size / 2**30
-    print("compressing at 10 % sparsity (paper recipe) ...", flush=True)
-    wall, peak = run_cli(src, args.workdir / "compressed", args.workdir / "report.json")
-    report = json.loads((args.workdir / "report.json").read_text())
-    rows = sklearn_side_by_side(src, report, args.sklearn_modules) if args.sklearn_modules else []
+    runs, reports = [], {}
+    for recipe in [args.recipe] + ([] if args.second_recipe == "none" else [args.second_recipe]):
+        print(f"compressing at 10 % sparsity, recipe {recipe} ...", flush=True)
+        report_path = args.workdir / f"report-{recipe}.json"
+        wall, peak = run_cli(src, args.workdir / f"compressed-{recipe}", report_path, recipe)
+        report = reports[recipe] = json.loads(report_path.read_text())
+        clustered = (
+            sum(m["k"] < m["n_units"] for m in report["modules"]) if report["recipe"]["method"] == "kmeans" else 0
+        )
+        runs.append(
+            {
+                "recipe": recipe,
+                "method": report["recipe"]["method"],
+                "compress_seconds": wall,
+                "peak_rss_gib": peak,
+                "gemm_floor_seconds": gemm_floor(src, report),
+                "modules": len(report["modules"]),
+                "clustered_modules": clustered,
+            }
+        )
+    kmeans_report = next((reports[r["recipe"]] for r in runs if r["method"] == "kmeans"), None)
+    rows = []
+    if args.sklearn_modules and kmeans_report is not None:
+        rows = sklearn_side_by_side(src, kmeans_report, args.sklearn_modules)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
         "layers": args.layers,
         "checkpoint_gib": ckpt_gib,
-        "compress_seconds": wall,
-        "peak_rss_gib": peak,
-        "modules": len(report["modules"]),
+        "runs": runs,
         "sklearn": rows,
     }
     (args.workdir / "bench_whisper_large.json").write_text(json.dumps(result, indent=2))
-    print(f"\nmachine: {result['machine']}")
-    print(
-        f"whole model ({2 * args.layers} layers, {len(report['modules'])} modules, {ckpt_gib:.2f} GiB fp16): "
-        f"{wall:.1f} s, peak RSS {peak:.2f} GiB"
-    )
+    print(f"\nmachine: {result['machine']}; {2 * args.layers} layers, {ckpt_gib:.2f} GiB fp16 checkpoint")
+    print("\n| recipe | modules (clustered) | compress (s) | GEMM floor (s) | peak RSS (GiB) |")
+    print("|---|---|---|---|---|")
+    for r in runs:
+        print(
+            f"| {r['recipe']} | {r['modules']} ({r['clustered_modules']}) | {r['compress_seconds']:.1f} | "
+            f"{r['gemm_floor_seconds']:.1f} | {r['peak_rss_gib']:.2f} |"
+        )
     if rows:
         print("\n| module | N x d | K | ours (s) | scikit-learn (s) | speed-up | inertia ours / sklearn |")
         print("|---|---|---|---|---|---|---|")

@@ -213,11 +213,12 @@ def _compress_module(
 ) -> ModuleResult:
     t0 = time.monotonic()
     recipe = plan.recipe
-    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
+    units32 = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
+    parts = [(p, u.astype(np.float64)) for p, u in units32]
     ctx = module_context(ckpt, spec)
     labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
     xp = compute.namespace()
-    on_device = [(p, xp.asarray(u)) for p, u in parts]
+    on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
     shift = None  # change of the consumer's bias that keeps the modelled mean output
     if recipe.refit and spec.kind == "ffn" and m.k < m.n_units:

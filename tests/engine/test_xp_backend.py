@@ -107,3 +107,20 @@ def test_cupy_agrees_with_the_rust_engine():  # pragma: no cover - runs on GPU m
         a = clusterprune.kmeans(x, k, 0, init=init)
         b = kmeans_xp(x, k, 0, init=init, xp=cupy)
         assert abs(a.inertia - b.inertia) <= 1e-4 * a.inertia
+
+
+def test_the_gpu_segment_sum_is_a_fixed_order_product_that_matches_the_reference():
+    from clusterprune.engine.xp import onehot_sum, segment_sum
+
+    rng = np.random.default_rng(5)
+    for n, d, k in ((1, 3, 1), (50, 7, 9), (200, 4, 200)):
+        labels = rng.integers(0, k, size=n)
+        x = rng.normal(size=(n, d))
+        ref = np.zeros((k, d))
+        for i, lab in enumerate(labels):  # the float64 reference, row by row
+            ref[lab] += x[i]
+        np.testing.assert_allclose(onehot_sum(np, labels, x, k), ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_array_equal(segment_sum(np, labels, x, k), ref)
+        ints = rng.integers(-50, 50, size=(n, d)).astype(np.float64)  # exact: any summation order agrees
+        assert np.array_equal(onehot_sum(np, labels, ints, k), segment_sum(np, labels, ints, k))
+        assert np.array_equal(onehot_sum(np, labels, x, k), onehot_sum(np, labels, x, k))

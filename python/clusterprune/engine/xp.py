@@ -23,6 +23,8 @@ import numpy as np
 from ..errors import DeviceUnavailableError, InvalidArgumentError, NonFiniteError
 from .rust import INITS, WARD_MAX_N, KMeansResult, PlusPlusSampler, check_k, check_seed, ward_merge
 
+WARD_EXACT_N = 128  # the engine's ROW_BLOCK: up to this many units Ward's costs are exact f64
+
 DEVICES = ("cpu", "cuda", "numpy")
 
 
@@ -43,7 +45,28 @@ def namespace(device: str) -> Any:
         raise DeviceUnavailableError(f"--device cuda: no usable CUDA device ({exc})") from None
     if count < 1:
         raise DeviceUnavailableError("--device cuda: no CUDA device found")
+    _probe(cupy)
     return cupy
+
+
+_PROBED: set[int] = set()
+
+
+def _probe(cupy: Any) -> None:
+    """Compiles a kernel (NVRTC) and runs a GEMM (cuBLAS) once per process, so that a missing
+    library is a one-line error before any work, not a raw CuPy error mid-compress."""
+    device = int(cupy.cuda.runtime.getDevice())
+    if device in _PROBED:
+        return
+    try:
+        a = cupy.arange(8, dtype=cupy.float32).reshape(2, 4)
+        doubled = cupy.ElementwiseKernel("float32 x", "float32 y", "y = x * 2", "clusterprune_probe")(a)
+        float((doubled @ a.T).sum())
+    except Exception as exc:  # NVRTC / cuBLAS missing or broken
+        raise DeviceUnavailableError(
+            f"--device cuda: CuPy cannot compile a kernel or run a GEMM here ({type(exc).__name__}: {exc})"
+        ) from None
+    _PROBED.add(device)
 
 
 def to_host(xp: Any, a: Any) -> np.ndarray:
@@ -57,15 +80,20 @@ def _sq_dist_rows(xp: Any, x: Any, c: Any) -> Any:
 
 
 def segment_sum(xp: Any, labels: Any, x: Any, k: int) -> Any:
-    """(k, d) float64 sums of the rows of ``x`` per label."""
-    out = xp.zeros((k, x.shape[1]), dtype=xp.float64)
+    """(k, d) float64 sums of the rows of ``x`` per label, in a fixed order: NumPy adds in row
+    order; on a GPU a one-hot matrix product replaces atomic scatter-adds (whose order, and so
+    whose last bit, changes from run to run)."""
     if xp is np:
+        out = np.zeros((k, x.shape[1]), dtype=np.float64)
         np.add.at(out, labels, x)
-    else:  # pragma: no cover - needs a GPU
-        import cupyx
+        return out
+    return onehot_sum(xp, labels, x, k)
 
-        cupyx.scatter_add(out, labels, x)
-    return out
+
+def onehot_sum(xp: Any, labels: Any, x: Any, k: int) -> Any:
+    """segment_sum as (one-hot of the labels) @ x: deterministic on any device."""
+    onehot = (labels[None, :] == xp.arange(k)[:, None]).astype(xp.float64)
+    return onehot @ x.astype(xp.float64)
 
 
 def _centroids(xp: Any, x: Any, labels: Any, k: int, old: Any | None) -> Any:
@@ -78,9 +106,11 @@ def _centroids(xp: Any, x: Any, labels: Any, k: int, old: Any | None) -> Any:
 
 
 def _nearest(xp: Any, x: Any, c: Any) -> Any:
+    """Candidate nearest centroid, as the engine computes it: an f32 GEMM for the dot products,
+    f64 norms and score (the move itself is decided on exact f64 distances)."""
     cnorm = (c.astype(xp.float64) ** 2).sum(axis=1)
-    score = cnorm[None, :] - 2.0 * (x.astype(xp.float64) @ c.astype(xp.float64).T)
-    return xp.argmin(score, axis=1)  # first minimum: lowest index on ties
+    dots = (x.astype(xp.float32) @ c.astype(xp.float32).T).astype(xp.float64)
+    return xp.argmin(cnorm[None, :] - 2.0 * dots, axis=1)  # first minimum: lowest index on ties
 
 
 def _fill_empty(assign: np.ndarray, own: np.ndarray, k: int) -> int:
@@ -110,10 +140,14 @@ def _kmeanspp(xp: Any, x: Any, k: int, seed: int) -> Any:
 
 
 def _ward(xp: Any, x: Any, k: int) -> np.ndarray:
-    """Ward labels: the singleton merge costs on the namespace, the merge loop in Rust."""
+    """Ward labels: the singleton merge costs on the namespace (as the engine computes them:
+    f64 norms and an f32 GEMM for the dot products; exact f64 for few units), the merge loop in
+    Rust."""
     x64 = x.astype(xp.float64)
     norms = (x64 * x64).sum(axis=1)
-    d2 = xp.maximum(norms[:, None] + norms[None, :] - 2.0 * (x64 @ x64.T), 0.0)
+    exact = x.shape[0] <= WARD_EXACT_N
+    dots = x64 @ x64.T if exact else (x.astype(xp.float32) @ x.astype(xp.float32).T).astype(xp.float64)
+    d2 = xp.maximum(norms[:, None] + norms[None, :] - 2.0 * dots, 0.0)
     return ward_merge(to_host(xp, 0.5 * d2), k).astype(np.int64)
 
 
@@ -121,7 +155,8 @@ def kmeans_xp(
     units: Any, k: int, seed: int = 0, *, xp: Any = np, init: str = "auto", max_iter: int = 100
 ) -> KMeansResult:
     """k-means on the rows of ``units`` with array namespace ``xp`` (see the module docstring)."""
-    x = xp.ascontiguousarray(xp.asarray(units), dtype=xp.float32)
+    host = isinstance(units, np.ndarray)  # converted to f32 before the upload: half the bytes
+    x = xp.ascontiguousarray(xp.asarray(np.asarray(units, dtype=np.float32) if host else units), dtype=xp.float32)
     if x.ndim != 2:
         raise InvalidArgumentError(f"units must be a 2-D (N, d) matrix, got shape {x.shape}")
     n = x.shape[0]

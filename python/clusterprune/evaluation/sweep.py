@@ -177,7 +177,7 @@ def sweep(
 
 def markdown_table(rows: list[dict[str, Any]], lossless: dict[str, float | None], data_key: dict[str, Any]) -> str:
     lines = [
-        f"Data: {data_key['data']} (subset {data_key['subset'] or 'all'}, limit {data_key['limit']}); "
+        f"Data: {Path(data_key['data']).name} (subset {data_key['subset'] or 'all'}, limit {data_key['limit']}); "
         f"modules: include {data_key['include']!r}, exclude {data_key['exclude']!r}; export {data_key['export']}",
         "",
         "| method | allocation | sparsity | achieved | WER % | S | D | I | hit bound |",

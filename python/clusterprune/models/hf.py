@@ -111,25 +111,24 @@ def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
     return model.eval()
 
 
-def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
-    """(model in fp32 eval mode, processor, family) for a dense, fused or folded checkpoint."""
-    _torch_modules()
-    path = Path(model_dir)
+def _read_config(path: Path) -> dict[str, Any]:
     config = read_json(path / "config.json")
     if not isinstance(config, dict):
         raise CorruptCheckpointError(f"{path / 'config.json'}: not a JSON object")
-    family = family_of(config, str(path / "config.json"))
-    with Checkpoint(path) as ckpt:  # the format, shards and values, checked before transformers reads them
-        ckpt.check_finite()
-    try:
-        processor = family.load_processor(path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise CorruptCheckpointError(
-            f"{path}: cannot load the {family.name} processor (tokenizer / feature extractor files): "
-            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
+    return config
+
+
+def load_weights(model_dir: str | os.PathLike[str]) -> Any:
+    """The model (fp32, eval mode) of a dense, fused or folded checkpoint, without its processor;
+    the weights are checked (format, shards, NaN/Inf) before transformers reads them."""
+    _torch_modules()
     from transformers.utils import logging as hf_logging
 
+    path = Path(model_dir)
+    config = _read_config(path)
+    family = family_of(config, str(path / "config.json"))
+    with Checkpoint(path) as ckpt:
+        ckpt.check_finite()
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small local checkpoint
     try:
@@ -140,4 +139,19 @@ def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return model.float().eval(), processor, family
+    return model.float().eval()
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
+    """(model in fp32 eval mode, processor, family) for a dense, fused or folded checkpoint."""
+    path = Path(model_dir)
+    family = family_of(_read_config(path), str(path / "config.json"))
+    model = load_weights(path)
+    try:
+        processor = family.load_processor(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CorruptCheckpointError(
+            f"{path}: cannot load the {family.name} processor (tokenizer / feature extractor files): "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
+    return model, processor, family

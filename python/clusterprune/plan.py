@@ -23,6 +23,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .io.checkpoint import Checkpoint
+from .io.resolve import resolve_model
 from .io.safetensors import FLOAT_DTYPES
 from .models.registry import family_of, unit_map
 from .models.units import ModuleSpec, UnitMap, to_units
@@ -180,7 +181,7 @@ def make_plan(
     recipe = recipe.validate()
     inc, exc = _compile(include, "--include"), _compile(exclude, "--exclude")
     own = not isinstance(source, Checkpoint)
-    ckpt = Checkpoint(source) if own else source
+    ckpt = Checkpoint(resolve_model(source)) if own else source
     try:
         umap = unit_map(ckpt.config, set(ckpt.where))
         validate_checkpoint(ckpt, umap)

@@ -29,7 +29,30 @@ def format_compression(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _format_ct2(info: dict[str, Any]) -> str:
+    widths = sorted(set(info["ffn_widths"].values()))
+    lines = [
+        f"{info['path']}: CTranslate2 {info['spec']}, {info['variables']} variables, {info['total_params']:,} values "
+        f"({_mb(info['bytes'])} model.bin, {'/'.join(info['dtypes'])}; weights {info['quantization'] or 'as stored'})",
+        f"FFN widths {widths[0]}..{widths[-1]}" if widths else "FFN widths: not recorded",
+    ]
+    if info["padded_heads"]:
+        lines.append(
+            f"{len(info['padded_heads'])} attention modules padded back to the stack's head count (zero heads)"
+        )
+    comp = info.get("compression")
+    if comp:
+        r = comp["recipe"]
+        lines.append(
+            f"exported from {info['source']}, compressed by clusterprune {comp['version']}: recipe {r['name']} "
+            f"(method {r['method']}, allocation {r['allocation']}), sparsity {comp['sparsity']}, export {comp['export']}"
+        )
+    return "\n".join(lines)
+
+
 def format_inspection(info: dict[str, Any]) -> str:
+    if info.get("format") == "ctranslate2":
+        return _format_ct2(info)
     lines = [
         f"{info['path']}: {info['family']}, {info['tensors']} tensors, {info['total_params']:,} parameters "
         f"({_mb(info['bytes'])}, {'/'.join(info['dtypes'])}), {info['compressible_params']:,} in {len(info['modules'])} compressible modules"

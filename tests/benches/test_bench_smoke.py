@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import LIBRISPEECH, REPO
 
 pytest.importorskip("torch")
 BENCHES = REPO / "benches"
@@ -65,3 +65,39 @@ def test_folded_speed_bench_on_a_tiny_whisper(checkpoints, workdir):
     assert result["setup"]["recipe"] == "paper"
     (row,) = result["rows"]
     assert row["size_ratio"] < 1 and row["speedup"] > 0
+
+
+def test_runtime_bench_on_tiny_en_and_a_small_large_shaped_model(tiny_en, workdir):
+    pytest.importorskip("ctranslate2")
+    if not LIBRISPEECH.is_dir():
+        pytest.skip(f"no LibriSpeech utterances at {LIBRISPEECH}")
+    out = workdir / "runtime"
+    bench(
+        "bench_runtime.py",
+        tiny_en,
+        "--data",
+        LIBRISPEECH,
+        "--subset",
+        "test-clean",
+        "--limit",
+        2,
+        "--rounds",
+        1,
+        "--large-layers",
+        1,
+        "--large-rounds",
+        1,
+        "--workdir",
+        out,
+        cwd=workdir,
+    )
+    result = json.loads((out / "bench_runtime.json").read_text())
+    keys = {"model", "runtime", "compute_type", "size_bytes", "wer", "audio_s_per_s", "speedup_vs_dense_int8"}
+    assert len(result["rows"]) == 6 and all(keys <= set(r) for r in result["rows"])
+    rows = {(r["model"], r["runtime"], r["compute_type"]): r for r in result["rows"]}
+    assert rows[("dense", "ctranslate2", "int8")]["speedup_vs_dense_int8"] == 1.0
+    assert (
+        rows[("datafree 0.2", "ctranslate2", "int8")]["size_bytes"]
+        < rows[("dense", "ctranslate2", "int8")]["size_bytes"]
+    )
+    assert len(result["large"]) == 4 and all(r["encoder_s"] > 0 for r in result["large"])

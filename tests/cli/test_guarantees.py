@@ -164,10 +164,20 @@ def test_corrupt_metadata_is_one_line_for_inspect_and_finetune_readers(capsys, t
 
 
 def test_os_level_failures_are_one_line(capsys, tmp_path, checkpoints, whisper_copy):
-    if os.geteuid() != 0:
+    if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         one_line_error(capsys, ["compress", checkpoints["whisper"], locked / "x"], "cannot write here")
+    (tmp_path / "a-file").write_text("")
+    one_line_error(
+        capsys, ["compress", checkpoints["whisper"], tmp_path / "a-file" / "sub" / "x"], "cannot create the folder"
+    )
+    one_line_error(
+        capsys,
+        ["compress", checkpoints["whisper"], tmp_path / "o", "--report", tmp_path / "a-file" / "r.json"],
+        "a-file is not a directory",
+    )
+    assert not (tmp_path / "o").exists()  # refused before any work: no published output
     long = tmp_path / ("n" * 250)  # a legal name; the temporary name built from it must stay legal
     assert run(capsys, "compress", checkpoints["whisper"], long, "--quiet")[0] == 0 and long.is_dir()
     one_line_error(capsys, ["compress", checkpoints["whisper"], tmp_path / ("n" * 260)], "longer than 255 bytes")

@@ -33,6 +33,12 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--device", default="cpu", help="torch device the model runs on for evaluation (default cpu; e.g. cuda)"
     )
+    p.add_argument(
+        "--compute-type",
+        help="CTranslate2 models (export-ct2 directories): int8, int8_float16, float16, float32, ... "
+        "(default: as stored)",
+    )
+    p.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
 
 
 def _flag(f: Field[Any]) -> str:

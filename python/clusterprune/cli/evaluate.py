@@ -15,7 +15,9 @@ def register(sub: Any) -> None:
         description="Transcribe DATA with MODEL_DIR (Whisper: greedy; HuBERT/wav2vec2: CTC argmax) and report WER.",
     )
     data_args(e)
-    e.add_argument("model_dir", help="dense, fused or folded checkpoint directory")
+    e.add_argument(
+        "model_dir", help="dense, fused or folded checkpoint, or an export-ct2 directory (runs in CTranslate2)"
+    )
     e.add_argument("--json", metavar="OUT", help="write WER, counts and per-utterance hypotheses as JSON")
     e.set_defaults(run=run)
 
@@ -36,12 +38,15 @@ def run(args: argparse.Namespace) -> int:
         task=args.task,
         progress=args.progress,
         device=args.device,
+        compute_type=args.compute_type,
+        threads=args.threads,
     )
     if args.json:
         write_json_atomic(args.json, result, sources=[args.model_dir, args.data])
     print(
         f"WER {100 * result['wer']:.2f} % on {result['num_utterances']} utterances ({result['reference_words']} words: "
         f"{result['substitutions']} sub, {result['deletions']} del, {result['insertions']} ins), "
-        f"RTF {result['real_time_factor']:.3f}, {result['hit_length_bound']} hit the length bound"
+        f"RTF {result['real_time_factor']:.3f}, {result['hit_length_bound']} hit the length bound "
+        f"({result['runtime']}, {result['compute_type']})"
     )
     return 0

@@ -33,6 +33,12 @@ def register(sub: Any) -> None:
     w.add_argument("--include", metavar="REGEX", help="only modules whose name matches")
     w.add_argument("--exclude", metavar="REGEX", help="skip modules whose name matches")
     w.add_argument("--keep-models", action="store_true", help="keep every compressed checkpoint")
+    w.add_argument(
+        "--runtime",
+        choices=("transformers", "ct2"),
+        default="transformers",
+        help="ct2: export every model (dense too) with export-ct2 and evaluate it in CTranslate2 (--compute-type)",
+    )
     w.add_argument("--out", required=True, help="output directory")
     w.set_defaults(run=run)
 
@@ -57,6 +63,9 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         budget=args.budget,
         device=args.device,
+        runtime=args.runtime,
+        compute_type=args.compute_type,
+        threads=args.threads,
     )
     print(Path(args.out, "results.md").read_text())
     print(f"dense WER {100 * summary['dense_wer']:.2f} %; results in {args.out}")

@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..models.hf import load_model, torch_device
 from ..progress import Progress
 from ..speech import Utterance
 from .data import load_utterances
+from .runtimes import open_runtime
 
 
 def _normalizer() -> Any:
@@ -38,25 +38,25 @@ def evaluate(
     progress: bool | None = None,
     utterances: list[Utterance] | None = None,
     device: str = "cpu",
+    compute_type: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """WER and friends as a JSON-ready dict (see README: wer, substitutions, deletions,
     insertions, num_utterances, utterances, real_time_factor, hit_length_bound).
-    ``device``: where the model runs (a torch device string: cpu, cuda, cuda:1, ...)."""
+    ``device``: where the model runs (a torch device string: cpu, cuda, cuda:1, ...; for a
+    CTranslate2 directory cpu or cuda). ``compute_type`` (CTranslate2: int8, float32, ...) and
+    ``threads`` pick how it runs; a directory written by export-ct2 runs in CTranslate2."""
     import jiwer
-    import torch
 
     if batch_size < 1:
         raise InvalidArgumentError(f"--batch-size {batch_size} must be >= 1")
     if task not in ("transcribe", "translate"):
         raise InvalidArgumentError(f"--task {task!r} must be transcribe or translate")
-    target = torch_device(device)
-    if target.type == "cuda":  # full fp32 on the GPU too, so that GPU and CPU WERs agree
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    model, processor, family = load_model(model_dir)  # a broken model fails before the audio is decoded
+    if threads is not None and threads < 1:
+        raise InvalidArgumentError(f"--threads {threads} must be >= 1")
+    # a broken model fails before the audio is decoded
+    runtime = open_runtime(model_dir, device=device, threads=threads, compute_type=compute_type)
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
-    model = model.to(target)
-    torch.manual_seed(0)
     norm = _normalizer()
     hyps: list[str] = []
     hits: list[bool] = []
@@ -67,7 +67,7 @@ def evaluate(
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         batch = [utts[i] for i in idx]
-        texts, hit = family.transcribe(model, processor, batch, language, task)
+        texts, hit = runtime.transcribe(batch, language, task)
         for i, t, h in zip(idx, texts, hit, strict=True):
             results[i] = (t.strip(), h)
             bar.update(utts[i].id)
@@ -82,7 +82,9 @@ def evaluate(
     audio = float(np.sum([u.duration for u in utts]))
     return {
         "model": str(model_dir),
-        "family": model.config.model_type,
+        "family": runtime.family_name,
+        "runtime": runtime.name,
+        "compute_type": runtime.compute_type,
         "data": str(data),
         "subset": subset,
         "wer": out.wer,
@@ -94,7 +96,7 @@ def evaluate(
         "hit_length_bound": int(sum(hits)),
         "audio_seconds": audio,
         "decode_seconds": seconds,
-        "device": str(target),
+        "device": runtime.device,
         "real_time_factor": seconds / audio if audio else 0.0,
         "utterances": [
             {"id": u.id, "reference": u.text, "hypothesis": h, "hit_length_bound": hit}

@@ -12,12 +12,15 @@ from typing import Any
 
 from ..config import METHODS, RECIPES, make_recipe
 from ..errors import InvalidArgumentError
+from ..exporters.ct2 import export_ct2
 from ..io.output import refuse_inside_sources, write_json_atomic
+from ..io.resolve import resolve_model
 from ..pipeline import compress
 from ..plan import check_sparsity
 from .data import load_utterances
 from .evaluate import evaluate
 
+RUNTIMES = ("transformers", "ct2")
 LOSSLESS_RELATIVE = 1.10  # "lossless": WER within 10 % relative of dense
 
 
@@ -94,15 +97,23 @@ def sweep(
     log: Any = print,
     budget: str | None = None,
     device: str = "cpu",
+    runtime: str = "transformers",
+    compute_type: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Compresses and evaluates every cell (see the module docstring); returns the summary."""
+    """Compresses and evaluates every cell (see the module docstring); returns the summary.
+    ``runtime="ct2"``: every model (the dense one too) is exported with export-ct2 and evaluated
+    in CTranslate2 with ``compute_type``."""
     out = Path(out)
+    model_dir = resolve_model(model_dir)
     grid = sweep_grid(methods, allocations)
     if not sparsities:
         raise InvalidArgumentError("a sweep needs at least one sparsity, method and allocation")
     for s in sparsities:
         check_sparsity(s)
     refuse_inside_sources(out, [model_dir, data], "the sweep output")
+    if runtime not in RUNTIMES:
+        raise InvalidArgumentError(f"unknown runtime {runtime!r} (expected one of: {', '.join(RUNTIMES)})")
     data_key = {
         "data": str(data),
         "subset": subset,
@@ -112,6 +123,8 @@ def sweep(
         "export": export,
         "budget": budget,
     }
+    if runtime != "transformers":  # older results (without these keys) stay valid for transformers
+        data_key.update(runtime=runtime, compute_type=compute_type)
     utts = load_utterances(data, subset, limit)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -124,7 +137,23 @@ def sweep(
         write_json_atomic(results_path, rows)
 
     def evaluated(model: Path | str | os.PathLike[str]) -> dict[str, Any]:
-        return evaluate(model, data, utterances=utts, batch_size=batch_size, progress=progress, device=device)
+        if runtime == "ct2":
+            exported = out / "models" / f"{Path(model).name}-ct2"
+            export_ct2(model, exported, overwrite=True)
+            model = exported
+        result = evaluate(
+            model,
+            data,
+            utterances=utts,
+            batch_size=batch_size,
+            progress=progress,
+            device=device,
+            compute_type=compute_type,
+            threads=threads,
+        )
+        if runtime == "ct2" and not keep_models:
+            shutil.rmtree(exported, ignore_errors=True)
+        return result
 
     if "dense" not in done:
         log("dense ...")

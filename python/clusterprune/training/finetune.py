@@ -33,6 +33,7 @@ from .._version import __version__
 from ..errors import InvalidArgumentError, OutputExistsError
 from ..io.checkpoint import Checkpoint
 from ..io.output import atomic_directory, check_destination, refuse_inside_sources, write_json_atomic
+from ..io.resolve import resolve_model
 from ..io.safetensors import SafetensorsWriter, from_f32
 from ..models.family import Family
 from ..progress import Progress
@@ -333,7 +334,7 @@ def finetune(
     from ..models.hf import load_model, torch_device
 
     cfg = config.validate()
-    src_path, out = Path(model_dir), Path(out)
+    src_path, out = resolve_model(model_dir), Path(out)
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
     torch_device(device)
     dist, target = init_distributed(device)

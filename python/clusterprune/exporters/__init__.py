@@ -1,0 +1,1 @@
+"""Exporters to the runtimes users deploy with (CTranslate2 / faster-whisper)."""

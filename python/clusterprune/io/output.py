@@ -164,6 +164,26 @@ def _publish(tmp: Path, dst: Path, overwrite: bool) -> None:
         raise
 
 
+def _locked_temporary(dst: Path) -> tuple[int, Path]:
+    """A new temporary directory beside ``dst`` and the held lock of its lock file. The lock file
+    is created and locked *before* the directory exists, so a concurrent stale-temporary sweep
+    can never take a live run's directory for a dead one's."""
+    for _ in range(100):
+        try:
+            fd, lock = tempfile.mkstemp(prefix=_tmp_prefix(dst), suffix=LOCK_SUFFIX, dir=dst.parent)
+        except OSError as exc:
+            raise OutputExistsError(f"{dst.parent}: cannot write here: {exc.strerror}") from None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        tmp = Path(lock[: -len(LOCK_SUFFIX)])
+        try:
+            tmp.mkdir(mode=0o700)
+            return fd, tmp
+        except FileExistsError:  # a leftover of that very name: draw another
+            os.close(fd)
+            Path(lock).unlink(missing_ok=True)
+    raise OutputExistsError(f"{dst.parent}: cannot create a temporary directory")
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: str | os.PathLike[str], *, overwrite: bool = False, sources: Sources = ()) -> Iterator[Path]:
     """Yields an empty temporary directory beside ``dst``; when the block ends without an error
@@ -176,12 +196,7 @@ def atomic_directory(dst: str | os.PathLike[str], *, overwrite: bool = False, so
     tmp: Path | None = None
     try:
         remove_stale_temporaries(dst.parent)
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(dst), dir=dst.parent))
-        except OSError as exc:
-            raise OutputExistsError(f"{dst.parent}: cannot write here: {exc.strerror}") from None
-        lock_fd = os.open(tmp.with_name(tmp.name + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(lock_fd, fcntl.LOCK_EX)
+        lock_fd, tmp = _locked_temporary(dst)
         yield tmp
         _publish(tmp, dst, overwrite)
     except BaseException:

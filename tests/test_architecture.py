@@ -1,4 +1,4 @@
-"""The layout's promises: lean imports, one config object end to end, one family registry."""
+"""The layout's promises: lean imports, one config object end to end."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import pytest
 import clusterprune
 from clusterprune.cli import build_parser
 from clusterprune.config import DEFAULT_RECIPE, EXPERIMENTAL, RECIPES, RECOMMENDED, Recipe, make_recipe
-from clusterprune.errors import InvalidArgumentError, UnsupportedModelError
-from clusterprune.models.registry import FAMILIES, family_of
+from clusterprune.errors import InvalidArgumentError
 
 HEAVY = ("torch", "transformers", "datasets", "jiwer")
 
@@ -107,11 +106,3 @@ def test_api_accepts_a_recipe_object_and_numpy_scalars(checkpoints, tmp_path):
     )
     assert report.plan.recipe == recipe and report.plan.seed == 3
     assert {m.name: m.k for m in report.plan.modules}["model.encoder.layers.0.ffn"] == 40
-
-
-def test_family_registry():
-    assert {t for t in FAMILIES} == {"whisper", "hubert", "wav2vec2"}
-    with pytest.raises(UnsupportedModelError, match="unsupported model_type 'bert'"):
-        family_of({"model_type": "bert"})
-    with pytest.raises(UnsupportedModelError):
-        family_of({"model_type": ["whisper"]})

@@ -29,6 +29,15 @@ def format_compression(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _plan_line(comp: dict[str, Any]) -> str:
+    """One line describing a stored compression record."""
+    r = comp["recipe"]
+    return (
+        f"compressed by clusterprune {comp['version']}: recipe {r['name']} (method {r['method']}, "
+        f"allocation {r['allocation']}), sparsity {comp['sparsity']}, seed {comp.get('seed')}, export {comp['export']}"
+    )
+
+
 def _format_ct2(info: dict[str, Any]) -> str:
     widths = sorted(set(info["ffn_widths"].values()))
     lines = [
@@ -40,13 +49,8 @@ def _format_ct2(info: dict[str, Any]) -> str:
         lines.append(
             f"{len(info['padded_heads'])} attention modules padded back to the stack's head count (zero heads)"
         )
-    comp = info.get("compression")
-    if comp:
-        r = comp["recipe"]
-        lines.append(
-            f"exported from {info['source']}, compressed by clusterprune {comp['version']}: recipe {r['name']} "
-            f"(method {r['method']}, allocation {r['allocation']}), sparsity {comp['sparsity']}, export {comp['export']}"
-        )
+    if info.get("compression"):
+        lines.append(f"exported from {info['source']}, {_plan_line(info['compression'])}")
     return "\n".join(lines)
 
 
@@ -63,11 +67,6 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(
             f"{m['name']:<44} {m['module_type']:<18} {m['n_units']:>6} {m['unit_params']:>10} {m.get('k', ''):>6}"
         )
-    comp = info.get("compression")
-    if comp:
-        r = comp["recipe"]
-        lines.append(
-            f"compressed by clusterprune {comp['version']}: recipe {r['name']} (method {r['method']}, "
-            f"allocation {r['allocation']}), sparsity {comp['sparsity']}, seed {comp['seed']}, export {comp['export']}"
-        )
+    if info.get("compression"):
+        lines.append(_plan_line(info["compression"]))
     return "\n".join(lines)

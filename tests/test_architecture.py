@@ -106,3 +106,18 @@ def test_api_accepts_a_recipe_object_and_numpy_scalars(checkpoints, tmp_path):
     )
     assert report.plan.recipe == recipe and report.plan.seed == 3
     assert {m.name: m.k for m in report.plan.modules}["model.encoder.layers.0.ffn"] == 40
+
+
+def test_the_metadata_record_is_versioned(checkpoints, tmp_path):
+    from pathlib import Path
+
+    from clusterprune.io.metadata import FORMAT, parse_compression
+
+    clusterprune.compress(checkpoints["whisper"], tmp_path / "o", "paper", sparsity=0.25)
+    stored = clusterprune.inspect(tmp_path / "o")["compression"]
+    assert stored["format"] == FORMAT
+    older = {k: v for k, v in stored.items() if k != "format"}  # what 0.1.0 wrote: read as format 1
+    assert (
+        parse_compression(json.dumps(older), Path("x")).modules
+        == parse_compression(json.dumps(stored), Path("x")).modules
+    )

@@ -150,6 +150,7 @@ def test_corrupt_metadata_is_one_line_for_inspect_and_finetune_readers(capsys, t
         ("{not json", "is not valid JSON"),
         ('{"version": 1}', "'version' is not a string"),
         ('{"version": "0.1.0", "recipe": {}, "modules": {"m": [3, 9]}}', "1 <= K <= N"),
+        ('{"format": 99, "version": "9.0", "recipe": {}, "modules": {}}', "has format 99, newer than"),
     ]:
         rewrite(out / "model.safetensors", lambda n, a: a)
         with SafetensorsFile(out / "model.safetensors") as f:

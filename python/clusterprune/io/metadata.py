@@ -1,8 +1,9 @@
 """What clusterprune records in the checkpoints it writes, and the one reader of it.
 
 * Every safetensors file of a compressed checkpoint carries ``__metadata__["clusterprune"]``: a
-  JSON object with the package version, the export kind, the recipe (every choice), the sparsity,
-  the seed and ``modules`` = {module name: [N, K]}.
+  JSON object with the record's ``format`` (checked on read: a newer format is refused), the
+  package version, the export kind, the recipe (every choice), the sparsity, the seed and
+  ``modules`` = {module name: [N, K]}.
 * A folded checkpoint's config.json carries ``clusterprune_folded`` = {"modules": {module name: K},
   "version": ...}.
 
@@ -17,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CorruptCheckpointError
+from ..errors import CorruptCheckpointError, UnsupportedModelError
 from .checkpoint import Checkpoint
 
 METADATA_KEY = "clusterprune"
 FOLDED_KEY = "clusterprune_folded"
+FORMAT = 1  # the record's layout; a record without "format" was written by 0.1.0 (format 1)
 PLAN_FILE = "clusterprune_plan.json"
 EXPORTS = ("fused", "folded")
 
@@ -48,6 +50,7 @@ def compression_record(
 ) -> dict[str, Any]:
     """The object written under :data:`METADATA_KEY`."""
     return {
+        "format": FORMAT,
         "version": version,
         "export": export,
         "recipe": recipe,
@@ -70,6 +73,13 @@ def parse_compression(raw_text: str, where: Path) -> CompressionRecord:
         raise CorruptCheckpointError(f"{bad} is not valid JSON") from None
     if not isinstance(data, dict):
         raise CorruptCheckpointError(f"{bad} is not a JSON object")
+    fmt = data.get("format", 1)
+    if not _is_int(fmt) or fmt < 1:
+        raise CorruptCheckpointError(f"{bad}: 'format' {fmt!r} is not a positive integer")
+    if fmt > FORMAT:
+        raise UnsupportedModelError(
+            f"{bad} has format {fmt}, newer than this clusterprune reads ({FORMAT}): upgrade clusterprune"
+        )
     version, export, recipe = data.get("version"), data.get("export", "fused"), data.get("recipe")
     sparsity, seed, modules = data.get("sparsity", 0.0), data.get("seed", 0), data.get("modules")
     if not isinstance(version, str):

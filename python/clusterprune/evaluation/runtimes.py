@@ -100,6 +100,8 @@ class Ct2Runtime:
         lang = f"<|{language or 'en'}|>"
         if lang not in self.lang_to_id:
             raise InvalidArgumentError(f"--language {language!r} is not a language of this model")
+        if task not in self.task_to_id:
+            raise InvalidArgumentError(f"--task {task!r}: the model's generation_config.json has no task_to_id entry")
         return [self.sot, self.lang_to_id[lang], self.task_to_id[task], self.notimestamps]
 
     def transcribe(self, batch: list[Utterance], language: str | None, task: str) -> tuple[list[str], list[bool]]:

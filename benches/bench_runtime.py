@@ -47,14 +47,16 @@ PLANS = [("datafree", 0.1), ("datafree", 0.2), ("paper", 0.05)]  # (recipe, spar
 BLOCK_LINEARS = ("self_attention/linear", "attention/linear", "ffn/linear")
 
 
-def block_linear_params(ct2_dir: Path) -> int:
-    """Weights of the blocks' linear layers as CTranslate2 stores them (padded heads count)."""
+def ct2_params(ct2_dir: Path) -> tuple[int, int]:
+    """(all values, the blocks' linear-layer weights) of a CTranslate2 model as stored (padded
+    heads count), from one read of model.bin."""
     model = parse_model_bin((ct2_dir / "model.bin").read_bytes(), str(ct2_dir))
-    return sum(
+    linear = sum(
         int(v.size)
         for name, v in model.variables.items()
         if "/layer_" in name and name.endswith("/weight") and any(k in name for k in BLOCK_LINEARS)
     )
+    return sum(int(v.size) for v in model.variables.values()), linear
 
 
 def compressed(model_dir: Path, work: Path, recipe: str, sparsity: float) -> Path:
@@ -92,7 +94,7 @@ def real_rows(args: argparse.Namespace) -> list[dict]:
             speeds[i].append(audio / res["decode_seconds"])
             results.setdefault(i, res)
             print(f"  round {r + 1}: {name} {runtime} {compute}: {speeds[i][-1]:.1f} audio s/s", flush=True)
-    dense_linear = block_linear_params(work / "dense-ct2-int8")
+    dense_linear = ct2_params(work / "dense-ct2-int8")[1]
     rows = []
     for i, (name, runtime, compute, path) in enumerate(models):
         path = Path(path)
@@ -105,10 +107,7 @@ def real_rows(args: argparse.Namespace) -> list[dict]:
             linear = dense_linear
         else:
             size = (path / "model.bin").stat().st_size
-            params = sum(
-                int(v.size) for v in parse_model_bin((path / "model.bin").read_bytes(), str(path)).variables.values()
-            )
-            linear = block_linear_params(path)
+            params, linear = ct2_params(path)
         rows.append(
             {
                 "model": name,
@@ -183,13 +182,14 @@ def large_rows(args: argparse.Namespace) -> list[dict]:
                 flush=True,
             )
     rows = []
+    dense_linear = ct2_params(models[0][1])[1]
     for name, path in models:
         enc, dec = statistics.median(times[name][0]), statistics.median(times[name][1])
         rows.append(
             {
                 "model": name,
                 "size_bytes": (Path(path) / "model.bin").stat().st_size,
-                "linear_removed": 1 - block_linear_params(Path(path)) / block_linear_params(models[0][1]),
+                "linear_removed": 1 - ct2_params(Path(path))[1] / dense_linear,
                 "encoder_s": enc,
                 "decoder_step_s": dec,
             }

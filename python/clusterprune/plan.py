@@ -17,19 +17,14 @@ import numpy as np
 from .config import Recipe
 from .engine.rust import check_k, check_seed, uniform_plan, variance_plan
 from .errors import (
-    CorruptCheckpointError,
     InvalidArgumentError,
-    ShapeMismatchError,
-    UnsupportedModelError,
 )
 from .io.checkpoint import Checkpoint
 from .io.resolve import resolve_model
-from .io.safetensors import FLOAT_DTYPES
-from .models.registry import family_of, unit_map
-from .models.units import ModuleSpec, UnitMap, to_units
+from .models.checks import validate_checkpoint
+from .models.registry import unit_map
+from .models.units import ModuleSpec, to_units
 from .recipes.registries import FEATURES
-
-COMPUTE_DTYPES = ("F32", "F16", "BF16")
 
 
 @dataclass(frozen=True)
@@ -115,40 +110,6 @@ def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
         return re.compile(pattern)
     except re.error as exc:
         raise InvalidArgumentError(f"{flag} {pattern!r} is not a valid regular expression: {exc}") from None
-
-
-def validate_checkpoint(ckpt: Checkpoint, umap: UnitMap) -> None:
-    """Every tensor the architecture needs exists with the shape config.json implies and a
-    floating dtype (unit tensors: one the engine computes with), and no floating tensor holds NaN
-    or Inf. Nothing is written before this passes."""
-    for spec in umap.modules:
-        for part in spec.parts:
-            if part.tensor not in ckpt.where:
-                raise CorruptCheckpointError(f"{ckpt.path}: tensor {part.tensor} not found (needed by {spec.name})")
-            info = ckpt.info(part.tensor)
-            expected = spec.expected_shape(part)
-            if info.shape != expected:
-                raise ShapeMismatchError(
-                    f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has shape {list(info.shape)}, "
-                    f"config.json implies {list(expected)}"
-                )
-            if info.dtype not in COMPUTE_DTYPES:
-                raise UnsupportedModelError(
-                    f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has unsupported dtype {info.dtype} "
-                    f"(supported: {', '.join(COMPUTE_DTYPES)})"
-                )
-    required = family_of(ckpt.config).required_tensors(ckpt.config, set(ckpt.where))
-    for name, expected in required.items():
-        if name not in ckpt.where:
-            raise CorruptCheckpointError(f"{ckpt.path}: tensor {name} not found (the {umap.family} model needs it)")
-        info = ckpt.info(name)
-        if info.shape != expected:
-            raise ShapeMismatchError(
-                f"{ckpt.file_of(name)}: tensor {name} has shape {list(info.shape)}, config.json implies {list(expected)}"
-            )
-        if info.dtype not in FLOAT_DTYPES:
-            raise UnsupportedModelError(f"{ckpt.file_of(name)}: tensor {name} has non-float dtype {info.dtype}")
-    ckpt.check_finite()
 
 
 def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float:

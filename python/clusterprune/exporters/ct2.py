@@ -26,21 +26,20 @@ import itertools
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._version import __version__
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, ShapeMismatchError, UnsupportedModelError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..io.checkpoint import Checkpoint, read_json
 from ..io.metadata import read_compression, read_folded
 from ..io.output import atomic_directory, check_destination
 from ..io.resolve import resolve_model
 from ..io.safetensors import to_f32
+from ..models.checks import validate_checkpoint
 from ..models.registry import family_of
-from ..models.units import ModuleSpec
 from ..models.whisper import WHISPER
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16", "bfloat16", "float32")
@@ -135,30 +134,6 @@ def _config(src: Path, config: dict[str, Any], layers: int, heads: int) -> dict[
     }
 
 
-def _check(ckpt: Checkpoint, specs: dict[str, ModuleSpec], folded: dict[str, int]) -> None:
-    """Every tensor the export reads is there with the shape the (folded) plan implies."""
-    for spec in specs.values():
-        shaped = replace(spec, n_units=folded.get(spec.name, spec.n_units))
-        for part in spec.parts:
-            if part.tensor not in ckpt.where:
-                raise CorruptCheckpointError(f"{ckpt.path}: tensor {part.tensor} not found (needed by {spec.name})")
-            if ckpt.info(part.tensor).shape != shaped.expected_shape(part):
-                raise ShapeMismatchError(
-                    f"{ckpt.file_of(part.tensor)}: tensor {part.tensor} has shape {list(ckpt.info(part.tensor).shape)}, "
-                    f"the model's plan implies {list(shaped.expected_shape(part))}"
-                )
-    parts = {part.tensor for spec in specs.values() for part in spec.parts}  # checked above, with the plan's K
-    required = WHISPER.required_tensors(ckpt.config, set(ckpt.where))
-    for name, shape in required.items():
-        if name not in ckpt.where:
-            raise CorruptCheckpointError(f"{ckpt.path}: tensor {name} not found (the whisper model needs it)")
-        if name not in parts and ckpt.info(name).shape != shape:
-            raise ShapeMismatchError(
-                f"{ckpt.file_of(name)}: tensor {name} has shape {list(ckpt.info(name).shape)}, config.json implies {list(shape)}"
-            )
-    ckpt.check_finite()
-
-
 def require_whisper(ckpt: Checkpoint) -> None:
     if family_of(ckpt.config, str(ckpt.path / "config.json")) is not WHISPER:
         raise UnsupportedModelError(
@@ -175,7 +150,7 @@ def build_spec(ckpt: Checkpoint) -> tuple[Any, dict[str, Any]]:
     folded = read_folded(config, ckpt.path / "config.json") or {}
     umap = WHISPER.unit_map(config, set(ckpt.where))
     specs = {s.name: s for s in umap.modules}
-    _check(ckpt, specs, folded)
+    validate_checkpoint(ckpt, umap, folded)
     get = _Arrays(ckpt)
     p = "model." if "model.encoder.conv1.weight" in ckpt.where else ""
     enc_layers, dec_layers = int(config["encoder_layers"]), int(config["decoder_layers"])

@@ -121,10 +121,13 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_weights(model_dir: str | os.PathLike[str]) -> Any:
     """The model (fp32, eval mode) of a dense, fused or folded checkpoint, without its processor;
     the weights are checked (format, shards, NaN/Inf) before transformers reads them."""
+    return _load_weights(Path(model_dir))[0]
+
+
+def _load_weights(path: Path) -> tuple[Any, Family]:
     _torch_modules()
     from transformers.utils import logging as hf_logging
 
-    path = Path(model_dir)
     config = _read_config(path)
     family = family_of(config, str(path / "config.json"))
     with Checkpoint(path) as ckpt:
@@ -139,14 +142,13 @@ def load_weights(model_dir: str | os.PathLike[str]) -> Any:
     finally:
         if bars:
             hf_logging.enable_progress_bar()
-    return model.float().eval()
+    return model.float().eval(), family
 
 
 def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
     """(model in fp32 eval mode, processor, family) for a dense, fused or folded checkpoint."""
     path = Path(model_dir)
-    family = family_of(_read_config(path), str(path / "config.json"))
-    model = load_weights(path)
+    model, family = _load_weights(path)
     try:
         processor = family.load_processor(path)
     except (OSError, ValueError, TypeError) as exc:

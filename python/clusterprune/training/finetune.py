@@ -163,10 +163,8 @@ def _check_paths(src: Path, out: Path, partial: Path, resume: bool, overwrite: b
     """Checks the output paths before anything is written; returns whether a saved state will be
     resumed. A ``.partial`` folder without a saved state (a run killed before its first save)
     holds nothing worth keeping and is started over."""
-    for path, what in ((out, "the fine-tuned checkpoint"), (partial, "the training state")):
-        refuse_inside_sources(path, [src], what)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out}: already exists (pass --overwrite to replace it)")
+    check_destination(out, sources=[src], overwrite=overwrite)
+    refuse_inside_sources(partial, [src], "the training state")
     saved = (partial / STATE_FILE).is_file()
     if saved and not (resume or overwrite):
         raise OutputExistsError(
@@ -342,7 +340,6 @@ def finetune(
     barrier(dist)  # every process has checked the output paths before the first one writes
     src = Checkpoint(src_path)
     try:
-        check_destination(out, sources=[src.path], overwrite=True)
         structure = read_structure(src)
         require_structure(structure, cfg.preserve, str(src.path))
         if not cfg.preserve:

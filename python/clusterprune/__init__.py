@@ -2,7 +2,8 @@
 channel-wise k-means parameter clustering (Xu et al., Interspeech 2026), with a Rust engine.
 
 The public API: :func:`compress` (and :func:`plan` / :func:`execute`), :class:`Recipe` and the
-named :data:`RECIPES`, :func:`inspect`, :func:`load_folded`, :func:`export_ct2`, :func:`kmeans`,
+named :data:`RECIPES`, :func:`inspect`, :func:`load_folded`, :func:`palettize` (:class:`PaletteConfig`),
+:func:`load_palettized`, :func:`export_ct2`, :func:`kmeans`,
 and the exceptions.
 Importing it imports neither torch nor transformers.
 """
@@ -27,6 +28,8 @@ from .errors import (
 )
 from .exporters.ct2 import export_ct2
 from .inspection import inspect
+from .palettize.config import PaletteConfig
+from .palettize.pipeline import PaletteReport, palettize
 from .pipeline import Report, compress, execute
 from .plan import ModulePlan, Plan, make_plan
 
@@ -54,6 +57,14 @@ def plan(
     )
 
 
+def load_palettized(path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """A transformers model from a palettized checkpoint, compact or dequantized (needs torch +
+    transformers); a folded source gives the folded architecture."""
+    from .models.hf import load_palettized as _load
+
+    return _load(path, **kwargs)
+
+
 def load_folded(path: str | os.PathLike[str], **kwargs: Any) -> Any:
     """A transformers model from a folded checkpoint (needs torch + transformers)."""
     from .models.hf import load_folded as _load
@@ -71,6 +82,8 @@ __all__ = [
     "ModulePlan",
     "NonFiniteError",
     "OutputExistsError",
+    "PaletteConfig",
+    "PaletteReport",
     "Plan",
     "RECIPES",
     "Recipe",
@@ -84,7 +97,9 @@ __all__ = [
     "inspect",
     "kmeans",
     "load_folded",
+    "load_palettized",
     "make_recipe",
+    "palettize",
     "plan",
     "top_k",
 ]

@@ -51,3 +51,36 @@ def f16_to_f32(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
 def bf16_to_f32(bits: npt.NDArray[np.uint16]) -> npt.NDArray[np.float32]: ...
 def f32_to_f16(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]: ...
 def f32_to_bf16(values: npt.NDArray[np.float32]) -> npt.NDArray[np.uint16]: ...
+
+PALETTE_BITS: list[int]
+PALETTE_METHODS: list[str]
+
+class PaletteResult:
+    luts: npt.NDArray[np.float32]
+    scales: npt.NDArray[np.float32] | None
+    indices: npt.NDArray[np.uint8]
+    outliers: npt.NDArray[np.int64]
+    wsse: npt.NDArray[np.float64]
+
+def palettize(
+    data: npt.NDArray[np.float32],
+    bits: int,
+    *,
+    group_rows: int = 1,
+    method: str = "lloyd",
+    max_iter: int = 100,
+    lut_dtype: str = "float16",
+    row_scale: bool = False,
+    outlier_fraction: float = 0.0,
+    col_weights: npt.NDArray[np.float64] | None = None,
+    row_weights: npt.NDArray[np.float64] | None = None,
+    num_threads: int | None = None,
+) -> PaletteResult: ...
+def kmeans_1d(
+    values: npt.NDArray[np.float64],
+    k: int,
+    *,
+    weights: npt.NDArray[np.float64] | None = None,
+    method: str = "exact",
+    max_iter: int = 100,
+) -> tuple[npt.NDArray[np.float64], float]: ...

@@ -9,27 +9,20 @@ what the output's metadata stores and what is read back. A new option = one fiel
 from __future__ import annotations
 
 import math
-import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from .engine.rust import INITS
 from .errors import InvalidArgumentError
+from .options import opt, typed_values
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 
 METHODS = ("kmeans", "magnitude")
 KINDS = ("all", "ffn", "attention")
-ALLOCATIONS = ("uniform", "variance")
+ALLOCATIONS = ("uniform", "variance", "damage")
 VARIANCE_GROUPS = ("kind", "module_type")
 BUDGETS = ("units", "params")
-
-
-def _opt(default: Any, help: str, choices: Sequence[str] | Mapping[str, Any] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -37,61 +30,43 @@ class Recipe:
     """Every choice of one compression run; ``Recipe()`` is the default recipe, ``datafree``."""
 
     name: str = field(default="datafree", metadata={"help": "the named recipe these choices started from"})
-    method: str = _opt(
-        "magnitude", "kmeans (cluster and merge units) or magnitude (remove the lowest-scoring)", METHODS
+    method: str = opt("magnitude", "kmeans (cluster and merge units) or magnitude (remove the lowest-scoring)", METHODS)
+    allocation: str = opt(
+        "variance",
+        "uniform K per module; the paper's variance-mixed plan; or damage: every module's K chosen jointly, "
+        "removing the units of least modelled damage (score / modelled residual-stream variance) first",
+        ALLOCATIONS,
     )
-    allocation: str = _opt("variance", "uniform K per module, or the paper's variance-mixed plan", ALLOCATIONS)
-    feature: str = _opt("weights", "what k-means sees of a unit", FEATURES)
-    weighting: str = _opt("none", "scaling of the feature blocks before clustering", WEIGHTINGS)
-    fusion: str = _opt(
+    feature: str = opt("weights", "what k-means sees of a unit", FEATURES)
+    weighting: str = opt("none", "scaling of the feature blocks before clustering", WEIGHTINGS)
+    fusion: str = opt(
         "centroid",
         "how a cluster becomes one unit: centroid (folded consumer summed), mean, or cosine "
         "(mean direction x mean norm of the producers)",
         FUSIONS,
     )
-    score: str = _opt("gauss_ln", "removal score of a unit (method magnitude)", SCORES)
-    variance_groups: str = _opt("kind", "module types ranked together by the variance allocator", VARIANCE_GROUPS)
-    high_factor: float = _opt(1.2, "K multiplier of the high-variance third (paper 1.2)")
-    init: str = _opt("auto", "k-means initialisation", INITS)
-    max_iter: int = _opt(100, "maximum Lloyd iterations")
-    kinds: str = _opt("ffn", "module kinds compressed", KINDS)
-    budget: str = _opt(
+    score: str = opt("gauss_ln", "removal score of a unit (method magnitude)", SCORES)
+    variance_groups: str = opt("kind", "module types ranked together by the variance allocator", VARIANCE_GROUPS)
+    high_factor: float = opt(1.2, "K multiplier of the high-variance third (paper 1.2)")
+    init: str = opt("auto", "k-means initialisation", INITS)
+    max_iter: int = opt(100, "maximum Lloyd iterations")
+    kinds: str = opt("ffn", "module kinds compressed", KINDS)
+    budget: str = opt(
         "units",
         "units: --sparsity is the fraction of units of every compressed module; params: of all compressible "
         "parameters of the model",
         BUDGETS,
     )
-    remove_heads: int = _opt(0, "remove exactly this many heads from every encoder self-attention module")
-    compensate: bool = _opt(False, "fold removed units' modelled mean output into the consumer bias (magnitude only)")
-    refit: bool = _opt(
+    remove_heads: int = opt(0, "remove exactly this many heads from every encoder self-attention module")
+    compensate: bool = opt(False, "fold removed units' modelled mean output into the consumer bias (magnitude only)")
+    refit: bool = opt(
         False, "re-solve kept FFN neurons' fc2 columns under the Gaussian LayerNorm input model (magnitude only)"
     )
 
     def validate(self) -> Recipe:
         """The recipe with every value checked and of its field's Python type (numpy scalars are
         accepted and converted, so the recipe stays JSON-serialisable)."""
-        typed: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            kind = type(f.default)
-            if kind is bool:
-                if not isinstance(value, (bool, numbers.Integral)) or value not in (0, 1):
-                    raise InvalidArgumentError(f"recipe option {f.name} must be true or false, got {value!r}")
-                value = bool(value)
-            elif kind is int:
-                if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                    raise InvalidArgumentError(f"recipe option {f.name} must be an integer, got {value!r}")
-                value = int(value)
-            elif kind is float:
-                if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                    raise InvalidArgumentError(f"recipe option {f.name} must be a number, got {value!r}")
-                value = float(value)
-            elif not isinstance(value, str):
-                raise InvalidArgumentError(f"recipe option {f.name} must be a string, got {value!r}")
-            allowed = f.metadata.get("choices")
-            if allowed is not None and value not in allowed:
-                raise InvalidArgumentError(f"unknown {f.name} {value!r} (expected one of: {', '.join(allowed)})")
-            typed[f.name] = value
+        typed = typed_values(self, "recipe")
         checked = replace(self, **typed)
         if not (checked.high_factor >= 1.0) or math.isinf(checked.high_factor):
             raise InvalidArgumentError(f"high_factor {checked.high_factor} must be >= 1 and finite")
@@ -99,6 +74,8 @@ class Recipe:
             raise InvalidArgumentError(f"max_iter {checked.max_iter} must be >= 0")
         if checked.remove_heads < 0:
             raise InvalidArgumentError(f"remove_heads {checked.remove_heads} must be >= 0")
+        if checked.allocation == "damage" and checked.score not in ("gauss_ln", "gauss_attn"):
+            raise InvalidArgumentError("allocation damage needs a Gaussian score (gauss_ln or gauss_attn)")
         if (checked.compensate or checked.refit) and checked.method != "magnitude":
             raise InvalidArgumentError("compensate and refit apply to removal (method magnitude) only")
         return checked
@@ -155,6 +132,9 @@ EXPERIMENTAL: dict[str, Recipe] = {
         remove_heads=1,
         compensate=True,
     ),
+    # datafree with the joint allocator (README "A data-free joint allocator"): every module's K from
+    # the modelled damage per parameter, heads included where the model says a head is cheap
+    "datafree-joint": Recipe(name="datafree-joint", allocation="damage", kinds="all"),
 }
 
 RECIPES: dict[str, Recipe] = {**RECOMMENDED, **EXPERIMENTAL}

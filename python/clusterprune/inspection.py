@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from .exporters.ct2 import EXPORT_FILE, is_ct2_dir
 from .importers.ct2 import parse_model_bin
 from .io.checkpoint import Checkpoint, read_json
 from .io.metadata import FOLDED_KEY, read_compression, read_folded
+from .io.palette import PALETTE_PLAN, logical_tensors, read_marker
 from .io.resolve import resolve_model
 from .models.registry import unit_map
 
@@ -45,7 +47,8 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
     if is_ct2_dir(resolved):
         return inspect_ct2(resolved)
     with Checkpoint(resolved) as ckpt:
-        umap = unit_map(ckpt.config, set(ckpt.where))
+        tensors = logical_tensors(ckpt)
+        umap = unit_map(ckpt.config, set(tensors))
         record = read_compression(ckpt)
         read_folded(ckpt.config, ckpt.path / "config.json")  # a corrupt folded entry is an error here too
         kept = record.modules if record is not None else {}
@@ -64,16 +67,28 @@ def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
             if s.name in kept:
                 row["k"] = kept[s.name][1]
             modules.append(row)
-        names = ckpt.names()
+        marker = read_marker(ckpt.config, ckpt.path / "config.json")
+        palettized = None
+        if marker is not None:
+            plan = read_json(ckpt.path / PALETTE_PLAN) if (ckpt.path / PALETTE_PLAN).is_file() else {}
+            if not isinstance(plan, dict):
+                raise CorruptCheckpointError(f"{ckpt.path / PALETTE_PLAN}: not a JSON object")
+            palettized = {
+                "format": marker["format"],
+                "version": marker.get("version"),
+                **{k: plan.get(k) for k in ("avg_bits", "palettized_params", "bytes_fp16", "bytes_compact", "config")},
+                "tensors": len(plan.get("tensors", [])),
+            }
         return {
             "path": str(ckpt.path),
             "family": umap.family,
-            "tensors": len(names),
-            "total_params": sum(ckpt.info(n).numel for n in names),
+            "tensors": len(tensors),
+            "total_params": sum(math.prod(shape) for _, shape in tensors.values()),
             "bytes": ckpt.total_bytes(),
-            "dtypes": sorted({ckpt.info(n).dtype for n in names}),
+            "dtypes": sorted({dtype for dtype, _ in tensors.values()}),
             "compressible_params": sum(m["params"] for m in modules),
             "folded": FOLDED_KEY in ckpt.config,
             "compression": record.raw if record is not None else None,
+            "palettized": palettized,
             "modules": modules,
         }

@@ -7,7 +7,7 @@ import json
 import os
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,10 @@ from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compressi
 from .io.output import atomic_directory, check_destination
 from .io.resolve import resolve_model
 from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
-from .models.registry import family_of
 from .models.units import ModuleSpec, Part, from_units, to_units
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
+from .recipes.context import module_context
 from .recipes.gaussian import ModuleContext, expected_contribution
 from .recipes.refit import refit_consumer
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
@@ -252,19 +252,6 @@ def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:
     if (recipe.compensate or recipe.refit) and spec.consumer_bias is not None:
         names.append(spec.consumer_bias)
     return names
-
-
-def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
-    """The LayerNorm feeding the module (when the checkpoint has it), its kind and activation."""
-    norm = spec.input_norm
-    base = ModuleContext(activation=spec.activation, kind=spec.kind, unit_rows=spec.unit_rows)
-    if spec.kind == "attention":
-        base = replace(base, tokens=family_of(ckpt.config).attended_tokens(ckpt.config, spec))
-    if norm is None or f"{norm}.weight" not in ckpt.where or f"{norm}.bias" not in ckpt.where:
-        return base
-    weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
-    bias = ckpt.f32(f"{norm}.bias").astype(np.float64)
-    return replace(base, norm_weight=weight, norm_bias=bias)
 
 
 def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> None:

@@ -20,10 +20,12 @@ from .errors import (
     InvalidArgumentError,
 )
 from .io.checkpoint import Checkpoint
+from .io.palette import refuse_palettized
 from .io.resolve import resolve_model
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
 from .models.units import ModuleSpec, to_units
+from .recipes.damage import damage_plan
 from .recipes.registries import FEATURES
 
 
@@ -37,6 +39,7 @@ class ModulePlan:
     k: int
     variance: float
     params_per_unit: int
+    modelled_error: float | None = None  # allocation "damage": the modelled share of the stream removed
 
     @property
     def sparsity(self) -> float:
@@ -53,6 +56,7 @@ class ModulePlan:
             "sparsity": self.sparsity,
             "variance": self.variance,
             "params_per_unit": self.params_per_unit,
+            **({"modelled_error": self.modelled_error} if self.modelled_error is not None else {}),
         }
 
 
@@ -144,6 +148,7 @@ def make_plan(
     own = not isinstance(source, Checkpoint)
     ckpt = Checkpoint(resolve_model(source)) if own else source
     try:
+        refuse_palettized(ckpt.config, ckpt.path, "compressed (its weights are shared table entries)")
         umap = unit_map(ckpt.config, set(ckpt.where))
         validate_checkpoint(ckpt, umap)
         matched = [
@@ -173,8 +178,17 @@ def make_plan(
                 )
         variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
         pool_units = [s.n_units for s in pool]
+        errors: dict[str, float] = {}
         if not pool:
             pool_ks: list[int] = []
+        elif recipe.allocation == "damage":
+            if recipe.budget == "params":
+                target = {"remove_params": pool_sparsity * sum(s.n_units * s.params_per_unit for s in pool)}
+            else:
+                target = {"remove_units": round(pool_sparsity * sum(pool_units))}
+            damage = damage_plan(ckpt, list(umap.modules), pool, recipe.score, **target)
+            pool_ks = [damage.ks[s.name] for s in pool]
+            errors = damage.errors
         elif recipe.allocation == "uniform":
             pool_ks = uniform_plan(pool_units, pool_sparsity)
         else:
@@ -198,7 +212,7 @@ def make_plan(
                 raise InvalidArgumentError(f"K = {k} for module {name} is outside [1, N = {n}]")
             ks[by_name[name]] = k
         modules = [
-            ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit)
+            ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit, errors.get(s.name))
             for s, k, v in zip(selected, ks, [variances[s.name] for s in selected], strict=True)
         ]
         total = sum(ckpt.info(n).numel for n in ckpt.names())

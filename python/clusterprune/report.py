@@ -29,6 +29,25 @@ def format_compression(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_palettization(report: dict[str, Any]) -> str:
+    lines = [f"{'tensor':<52} {'shape':>14} {'bits':>4} {'rows/LUT':>8} {'rel err':>9}"]
+    for t in report["tensors"]:
+        shape = "x".join(str(d) for d in t["shape"])
+        lines.append(f"{t['name']:<52} {shape:>14} {t['bits']:>4} {t['group_rows']:>8} {t['rel_error']:>9.2e}")
+    c = report["config"]
+    lines.append(
+        f"{len(report['tensors'])} tensors ({report['palettized_params']:,} weights) at {report['avg_bits']:.2f} bits on "
+        f"average ({c['allocation']}, {c['granularity']}, weighting {c['weighting']}, method {c['method']}); "
+        f"format {report['format']}"
+    )
+    lines.append(
+        f"size: source {_mb(report['bytes_source'])}, fp16 {_mb(report['bytes_fp16'])}, compact "
+        f"{_mb(report['bytes_compact'])} ({report['bytes_compact'] / max(report['bytes_fp16'], 1):.3f}x fp16); "
+        f"written {_mb(report['bytes_written'])}; {report['seconds']:.1f} s"
+    )
+    return "\n".join(lines)
+
+
 def _plan_line(comp: dict[str, Any]) -> str:
     """One line describing a stored compression record."""
     r = comp["recipe"]
@@ -69,4 +88,11 @@ def format_inspection(info: dict[str, Any]) -> str:
         )
     if info.get("compression"):
         lines.append(_plan_line(info["compression"]))
+    pal = info.get("palettized")
+    if pal:
+        bits = f"{pal['avg_bits']:.2f}" if pal.get("avg_bits") is not None else "?"
+        lines.append(
+            f"palettized by clusterprune {pal.get('version')}: {pal['tensors']} tensors at {bits} bits on average, "
+            f"format {pal['format']}"
+        )
     return "\n".join(lines)

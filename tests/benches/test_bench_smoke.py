@@ -101,3 +101,16 @@ def test_runtime_bench_on_tiny_en_and_a_small_large_shaped_model(tiny_en, workdi
         < rows[("dense", "ctranslate2", "int8")]["size_bytes"]
     )
     assert len(result["large"]) == 4 and all(r["encoder_s"] > 0 for r in result["large"])
+
+
+def test_palettize_bench_against_coremltools_on_tiny_en(tiny_en, workdir):
+    out = workdir / "palettize"
+    args = [tiny_en, "--bits", 4, "--tensors", 2, "--large-layers", 1, "--large-tensors", 1, "--workdir", out]
+    r = bench("bench_palettize.py", *args, cwd=workdir)
+    result = json.loads((out / "bench_palettize.json").read_text())
+    assert result["bits"] == 4 and len(result["rows"]) == 3
+    for row in result["rows"]:
+        assert {"tensor", "bits", "ours_s", "theirs_s", "speedup", "error_ours", "error_theirs"} <= set(row)
+        assert row["speedup"] > 1 and row["error_ours"] <= row["error_theirs"] * 1.0001  # exact 1-D k-means
+    assert result["large_model"]["bytes_compact"] < 0.4 * result["large_model"]["bytes_fp16"]
+    assert "speedup" in r.stdout

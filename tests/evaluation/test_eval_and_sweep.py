@@ -139,3 +139,22 @@ def test_eval_refuses_unsupported_family(tmp_path, capsys):
     code = cli.main(["eval", str(tmp_path / "m"), "--data", str(tmp_path / "d")])
     assert code == 1
     assert "clusterprune: error:" in capsys.readouterr().err
+
+
+@needs_data
+def test_sweep_bits_axis_palettizes_evaluates_and_plots(trainable, tmp_path, capsys):
+    out = tmp_path / "bits"
+    args = ["sweep", str(trainable["whisper"]), "--data", str(LIBRISPEECH), "--subset", "test-clean", "--limit", "2"]
+    args += ["--sparsities", "", "--bits", "6,2", "--bit-allocations", "uniform,error", "--out", str(out)]
+    assert cli.main(args) == 0, capsys.readouterr().err
+    rows = json.loads((out / "results.json").read_text())
+    pal = {(r["allocation"], r["bits"]): r for r in rows if r["method"] == "palettize"}
+    assert set(pal) == {("uniform", 6), ("uniform", 2), ("error", 6), ("error", 2)}
+    assert pal[("uniform", 2)]["size_ratio"] < pal[("uniform", 6)]["size_ratio"]  # (rows of 32: tables dominate)
+    for b in (6, 2):  # the error plan spends at most the uniform plan's compact size
+        assert pal[("error", b)]["bytes_compact"] <= pal[("uniform", b)]["bytes_compact"]
+    assert (out / "wer_vs_bits.png").is_file() and "| palettize | bits |" in (out / "results.md").read_text()
+    assert not (out / "models").exists() or not any((out / "models").iterdir())
+    capsys.readouterr()
+    assert cli.main([*args[:-2], "--bits", "9", "--out", str(tmp_path / "bad")]) == 1
+    assert "--bits 9 is not one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()

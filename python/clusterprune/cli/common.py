@@ -48,14 +48,19 @@ def _flag(f: Field[Any]) -> str:
 def recipe_flags(p: argparse.ArgumentParser) -> None:
     """One override flag per :class:`~clusterprune.config.Recipe` field, with the field's help
     text and allowed values (default: keep the recipe's value)."""
-    g = p.add_argument_group("recipe options (override the recipe's choices)")
-    for f in Recipe.options():
+    config_flags(p, "recipe options (override the recipe's choices)", Recipe.options())
+
+
+def config_flags(p: argparse.ArgumentParser, title: str, options: list[Field[Any]]) -> None:
+    """One flag per config field (its help, allowed values and type; default None = keep)."""
+    g = p.add_argument_group(title)
+    for f in options:
         kind = type(f.default)
         help_text = f.metadata["help"]
         if kind is bool:
             g.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif "choices" in f.metadata:
-            g.add_argument(_flag(f), dest=f.name, choices=f.metadata["choices"], help=help_text)
+            g.add_argument(_flag(f), dest=f.name, choices=f.metadata["choices"], type=kind, help=help_text)
         else:
             g.add_argument(_flag(f), dest=f.name, type=kind, metavar=kind.__name__.upper(), help=help_text)
 

@@ -39,6 +39,17 @@ def register(sub: Any) -> None:
         default="transformers",
         help="ct2: export every model (dense too) with export-ct2 and evaluate it in CTranslate2 (--compute-type)",
     )
+    w.add_argument(
+        "--bits",
+        default="",
+        help="also palettize the dense model at these bits, comma-separated (e.g. 8,6,5,4,3; compact format); "
+        "give --sparsities '' for a bits-only sweep",
+    )
+    w.add_argument(
+        "--bit-allocations", default="uniform", help="palettize allocations: uniform, variance, error (comma-separated)"
+    )
+    w.add_argument("--granularity", help="palettize granularity (default per-channel)")
+    w.add_argument("--group-size", type=int, help="palettize rows per table with per-grouped-channel")
     w.add_argument("--out", required=True, help="output directory")
     w.set_defaults(run=run)
 
@@ -66,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         runtime=args.runtime,
         compute_type=args.compute_type,
         threads=args.threads,
+        bits=[int(b) for b in floats(args.bits, "--bits")],
+        bit_allocations=names(args.bit_allocations),
+        palette_options={k: v for k, v in (("granularity", args.granularity), ("group_size", args.group_size)) if v},
     )
     print(Path(args.out, "results.md").read_text())
     print(f"dense WER {100 * summary['dense_wer']:.2f} %; results in {args.out}")

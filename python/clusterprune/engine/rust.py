@@ -7,10 +7,11 @@ import numbers
 
 import numpy as np
 
-from .._core import INIT_NAMES, KMeansResult, PlusPlusSampler
+from .._core import INIT_NAMES, PALETTE_BITS, PALETTE_METHODS, KMeansResult, PaletteResult, PlusPlusSampler
 from .._core import MAX_THREADS as _MAX_THREADS
 from .._core import WARD_MAX_N as _WARD_MAX_N
 from .._core import kmeans as _kmeans
+from .._core import palettize as _palettize
 from .._core import top_k as _top_k
 from .._core import uniform_plan as _uniform_plan
 from .._core import variance_plan as _variance_plan
@@ -18,6 +19,8 @@ from .._core import ward_merge as _ward_merge
 from ..errors import InvalidArgumentError
 
 INITS: tuple[str, ...] = tuple(INIT_NAMES)
+BITS: tuple[int, ...] = tuple(PALETTE_BITS)
+PALETTE_SOLVERS: tuple[str, ...] = tuple(PALETTE_METHODS)
 WARD_MAX_N: int = _WARD_MAX_N
 MAX_THREADS: int = _MAX_THREADS
 
@@ -75,6 +78,41 @@ def kmeans(
         max_iter=int(max_iter),
         tol=float(tol),
         init=init,
+        num_threads=check_threads(num_threads),
+    )
+
+
+def palettize_rows(
+    values: np.ndarray,
+    bits: int,
+    *,
+    group_rows: int = 1,
+    method: str = "exact",
+    max_iter: int = 100,
+    lut_dtype: str = "float16",
+    row_scale: bool = False,
+    outlier_fraction: float = 0.0,
+    col_weights: np.ndarray | None = None,
+    num_threads: int | None = None,
+) -> PaletteResult:
+    """Palettizes the rows of a (rows, cols) matrix (computed in float32): 2^bits table entries
+    per group of ``group_rows`` rows. Deterministic whatever ``num_threads``."""
+    arr = np.asarray(values)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise InvalidArgumentError(f"palettize needs a 2-D floating matrix, got {arr.dtype} {arr.shape}")
+    if isinstance(bits, bool) or not isinstance(bits, numbers.Integral):
+        raise InvalidArgumentError(f"bits must be an integer, got {bits!r}")
+    weights = None if col_weights is None else np.ascontiguousarray(col_weights, dtype=np.float64)
+    return _palettize(
+        np.ascontiguousarray(arr, dtype=np.float32),
+        int(bits),
+        group_rows=int(group_rows),
+        method=method,
+        max_iter=int(max_iter),
+        lut_dtype=lut_dtype,
+        row_scale=bool(row_scale),
+        outlier_fraction=float(outlier_fraction),
+        col_weights=weights,
         num_threads=check_threads(num_threads),
     )
 

@@ -1,5 +1,5 @@
-"""`clusterprune sweep`: compress and evaluate every (method, allocation, sparsity) cell plus the
-dense model once; write results.json, results.md and PNG plots. Finished cells are skipped when
+"""`clusterprune sweep`: compress and evaluate every (method, allocation, sparsity) cell and every
+palettized (allocation, bits) cell plus the dense model once; write results.json, results.md and PNG plots. Finished cells are skipped when
 the sweep is run again with the same data options."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from ..io.output import refuse_inside_sources, write_json_atomic
 from ..io.resolve import resolve_model
 from ..pipeline import compress
 from ..plan import check_sparsity
+from .bits import bits_table, cell_key, check_bits, palettize_cell, plot_bits
 from .data import load_utterances
 from .evaluate import evaluate
 
@@ -42,7 +43,7 @@ def lossless_sparsity(rows: list[dict[str, Any]], dense_wer: float) -> dict[str,
     """Per (method, allocation): the largest swept sparsity whose WER <= 1.1 x dense."""
     out: dict[str, float | None] = {}
     for row in rows:
-        if row["method"] == "dense":
+        if row["method"] in ("dense", "palettize"):
             continue
         key = f"{row['method']}/{row['allocation']}"
         ok = row["wer"] <= LOSSLESS_RELATIVE * dense_wer
@@ -100,14 +101,23 @@ def sweep(
     runtime: str = "transformers",
     compute_type: str | None = None,
     threads: int | None = None,
+    bits: list[int] | None = None,
+    bit_allocations: list[str] | None = None,
+    palette_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compresses and evaluates every cell (see the module docstring); returns the summary.
     ``runtime="ct2"``: every model (the dense one too) is exported with export-ct2 and evaluated
-    in CTranslate2 with ``compute_type``."""
+    in CTranslate2 with ``compute_type``. ``bits``: also palettize the dense model at each of
+    these bits (per ``bit_allocations``, default uniform; ``palette_options``: PaletteConfig fields)."""
     out = Path(out)
     model_dir = resolve_model(model_dir)
-    grid = sweep_grid(methods, allocations)
-    if not sparsities:
+    bits = list(bits or [])
+    bit_allocations = list(bit_allocations or ["uniform"])
+    check_bits(bits, bit_allocations)
+    if bits and runtime != "transformers":
+        raise InvalidArgumentError("--bits: palettized models are evaluated in transformers (not --runtime ct2)")
+    grid = sweep_grid(methods, allocations) if sparsities or not bits else []
+    if not sparsities and not bits:
         raise InvalidArgumentError("a sweep needs at least one sparsity, method and allocation")
     for s in sparsities:
         check_sparsity(s)
@@ -125,6 +135,8 @@ def sweep(
     }
     if runtime != "transformers":  # older results (without these keys) stay valid for transformers
         data_key.update(runtime=runtime, compute_type=compute_type)
+    if palette_options:
+        data_key["palette"] = dict(sorted(palette_options.items()))
     utts = load_utterances(data, subset, limit)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -197,6 +209,19 @@ def sweep(
             log(f"  {cell}: WER {100 * result['wer']:.2f} %, achieved sparsity {plan.achieved_sparsity:.4f}")
             if not keep_models:
                 shutil.rmtree(dst, ignore_errors=True)
+    for allocation in bit_allocations:
+        for b in bits:
+            cell = cell_key(allocation, b)
+            if cell in done:
+                continue
+            log(f"{cell} ...")
+            dst = out / "models" / cell
+            fields = palettize_cell(model_dir, dst, allocation, b, palette_options or {})
+            result = evaluated(dst)
+            record(cell, result, **fields)
+            log(f"  {cell}: WER {100 * result['wer']:.2f} %, {fields['size_ratio']:.3f} x the fp16 size")
+            if not keep_models:
+                shutil.rmtree(dst, ignore_errors=True)
     dense_wer = next(r["wer"] for r in rows if r["method"] == "dense")
     summary = {"dense_wer": dense_wer, "lossless_sparsity": lossless_sparsity(rows, dense_wer), "rows": rows}
     (out / "results.md").write_text(markdown_table(rows, summary["lossless_sparsity"], data_key))
@@ -212,7 +237,8 @@ def markdown_table(rows: list[dict[str, Any]], lossless: dict[str, float | None]
         "| method | allocation | sparsity | achieved | WER % | S | D | I | hit bound |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["method"], r["allocation"], r["sparsity"])):
+    structured = [r for r in rows if r["method"] != "palettize"]
+    for r in sorted(structured, key=lambda r: (r["method"] != "dense", r["method"], r["allocation"], r["sparsity"])):
         lines.append(
             f"| {r['method']} | {r['allocation']} | {r['sparsity']:g} | {r['achieved_sparsity']:.4f} | "
             f"{100 * r['wer']:.2f} | {r['substitutions']} | {r['deletions']} | {r['insertions']} | {r['hit_length_bound']} |"
@@ -220,6 +246,9 @@ def markdown_table(rows: list[dict[str, Any]], lossless: dict[str, float | None]
     lines += ["", "Lossless sparsity (largest swept sparsity with WER within 10 % relative of dense):", ""]
     for key, value in sorted(lossless.items()):
         lines.append(f"* {key}: {'none' if value is None else f'{value:g}'}")
+    dense = next((r["wer"] for r in rows if r["method"] == "dense"), None)
+    if dense:
+        lines += bits_table(rows, dense)
     return "\n".join(lines) + "\n"
 
 
@@ -234,11 +263,14 @@ def plot(rows: list[dict[str, Any]], out: Path) -> None:
     except ImportError:
         (out / "PLOTS_SKIPPED.txt").write_text("matplotlib is not installed: pip install 'clusterprune[eval]'\n")
         return
+    plot_bits(rows, out, plt)
+    if all(r["method"] in ("dense", "palettize") for r in rows):
+        return
     dense = next(r["wer"] for r in rows if r["method"] == "dense")
     fig, ax = plt.subplots(figsize=(6, 4))
     series: dict[str, list[tuple[float, float]]] = {}
     for r in rows:
-        if r["method"] != "dense":
+        if r["method"] not in ("dense", "palettize"):
             series.setdefault(f"{r['method']} / {r['allocation']}", []).append((r["sparsity"], 100 * r["wer"]))
     for label, pts in sorted(series.items()):
         pts.sort()

@@ -36,6 +36,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, Unsupporte
 from ..io.checkpoint import Checkpoint, read_json
 from ..io.metadata import read_compression, read_folded
 from ..io.output import atomic_directory, check_destination
+from ..io.palette import refuse_palettized
 from ..io.resolve import resolve_model
 from ..io.safetensors import to_f32
 from ..models.checks import validate_checkpoint
@@ -147,6 +148,9 @@ def build_spec(ckpt: Checkpoint) -> tuple[Any, dict[str, Any]]:
     whisper_spec = _ctranslate2()
     config = ckpt.config
     require_whisper(ckpt)
+    refuse_palettized(
+        config, ckpt.path, "exported in the compact format (CTranslate2 has no tables)", compact_only=True
+    )
     folded = read_folded(config, ckpt.path / "config.json") or {}
     umap = WHISPER.unit_map(config, set(ckpt.where))
     specs = {s.name: s for s in umap.modules}
@@ -245,6 +249,9 @@ def export_ct2(
     check_destination(out, sources=[src], overwrite=overwrite)
     with Checkpoint(src) as ckpt:
         require_whisper(ckpt)
+        refuse_palettized(
+            ckpt.config, src, "exported in the compact format (CTranslate2 has no tables)", compact_only=True
+        )
         if not (src / "tokenizer.json").is_file():
             raise CheckpointNotFoundError(
                 f"{src / 'tokenizer.json'}: file not found (faster-whisper would try to download one; "

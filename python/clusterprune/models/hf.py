@@ -1,5 +1,6 @@
 """Hugging Face loading (needs the ``hf`` extra: torch + transformers): dense and fused checkpoints
-through ``from_pretrained``, folded ones through :func:`load_folded`.
+through ``from_pretrained``, folded ones through :func:`load_folded`, palettized ones through
+:func:`load_palettized`.
 
 A folded checkpoint is the genuinely smaller model: config.json is the original one plus
 ``clusterprune_folded`` = {module name: units kept}. We build the model from its config, shrink
@@ -13,11 +14,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError
 from ..io.checkpoint import Checkpoint, read_json
 from ..io.metadata import FOLDED_KEY, read_folded
+from ..io.palette import PALETTE_KEY, read_marker, read_state
 from .family import Family
 from .registry import family_of
+from .units import ModuleSpec
 
 
 def _torch_modules() -> tuple[Any, Any]:
@@ -44,23 +49,58 @@ def torch_device(device: str) -> Any:
     return target
 
 
+def _torch_state(state: dict[str, tuple[str, np.ndarray]]) -> dict[str, Any]:
+    torch, _ = _torch_modules()
+    out = {}
+    for name, (dtype, arr) in state.items():
+        t = torch.from_numpy(np.array(arr))  # a copy: never a view of the memory-mapped source
+        out[name] = t.view(torch.bfloat16) if dtype == "BF16" else t
+    return out
+
+
 def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
     """A working transformers model (eval mode) from a folded clusterprune checkpoint."""
-    torch, transformers = _torch_modules()
     path = Path(path)
     with Checkpoint(path) as ckpt:
-        config_dict = ckpt.config
-        folded = read_folded(config_dict, path / "config.json")
-        if folded is None:
+        if read_folded(ckpt.config, path / "config.json") is None:
             raise CorruptCheckpointError(
                 f"{path / 'config.json'}: no '{FOLDED_KEY}' entry: not a folded clusterprune checkpoint"
             )
-        # the unit map of the *original* shapes comes from config.json alone
-        umap = family_of(config_dict, str(path / "config.json")).unit_map(config_dict, set(ckpt.where))
-        state = {name: torch.from_numpy(ckpt.raw(name).copy()) for name in ckpt.names()}
-        for name, t in state.items():
-            if ckpt.info(name).dtype == "BF16":
-                state[name] = t.view(torch.bfloat16)
+        state = {name: (ckpt.info(name).dtype, ckpt.raw(name)) for name in ckpt.names()}
+        return model_from_state(path, ckpt.config, set(ckpt.where), state, dtype=dtype)
+
+
+def load_palettized(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
+    """A working transformers model (eval mode) from a palettized clusterprune checkpoint: the
+    compact format (packed indices + tables) is dequantized in memory; the dequantized format
+    loads as it is. A folded source gives the folded architecture."""
+    path = Path(path)
+    with Checkpoint(path) as ckpt:
+        marker = read_marker(ckpt.config, path / "config.json")
+        if marker is None:
+            raise CorruptCheckpointError(f"{path / 'config.json'}: no '{PALETTE_KEY}' entry: not palettized")
+        if marker["format"] == "compact":
+            state = read_state(ckpt)
+        else:
+            state = {name: (ckpt.info(name).dtype, ckpt.raw(name)) for name in ckpt.names()}
+        return model_from_state(path, ckpt.config, set(state), state, dtype=dtype)
+
+
+def model_from_state(
+    path: Path,
+    config_dict: dict[str, Any],
+    names: set[str],
+    state: dict[str, tuple[str, np.ndarray]],
+    *,
+    dtype: Any = None,
+) -> Any:
+    """The model of ``config.json`` (shrunk where the folded plan says) with the weights ``state``
+    ({name: (safetensors dtype, storage array)})."""
+    torch, transformers = _torch_modules()
+    folded = read_folded(config_dict, path / "config.json") or {}
+    # the unit map of the *original* shapes comes from config.json alone
+    umap = family_of(config_dict, str(path / "config.json")).unit_map(config_dict, names)
+    weights = _torch_state(state)
     config = transformers.AutoConfig.from_pretrained(path)
     arch = (config.architectures or [None])[0]
     model_cls = getattr(transformers, arch, None) if arch else None
@@ -72,35 +112,16 @@ def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
         spec = specs.get(name)
         if spec is None:
             raise CorruptCheckpointError(f"{path / 'config.json'}: folded module {name} is not in the model")
-        width = int(k) * spec.unit_rows
-        for part in spec.parts:
-            if part.role == "bias":
-                continue
-            lin_path = spec.linear_of(part)
-            parent_path, attr = lin_path.rsplit(".", 1)
-            parent = model.get_submodule(parent_path)
-            old = getattr(parent, attr)
-            if part.role == "producer":
-                new = torch.nn.Linear(old.in_features, width, bias=old.bias is not None, dtype=old.weight.dtype)
-            else:
-                new = torch.nn.Linear(width, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
-            setattr(parent, attr, new)
-        if spec.kind == "attention":
-            attn = model.get_submodule(spec.name)
-            attn.num_heads = int(k)
-            if hasattr(attn, "embed_dim"):
-                attn.embed_dim = width
+        _shrink(torch, model, spec, int(k))
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a shape that disagrees with the folded plan
-        raise CorruptCheckpointError(
-            f"{path}: folded weights do not fit the model: {str(exc).splitlines()[-1]}"
-        ) from None
+        raise CorruptCheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[-1]}") from None
     tied = set(getattr(model, "_tied_weights_keys", None) or [])
     real_missing = [m for m in missing if m not in tied and not m.endswith("proj_out.weight")]
     if real_missing or unexpected:
         raise CorruptCheckpointError(
-            f"{path}: folded weights do not fit the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
+            f"{path}: weights do not fit the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
         )
     if hasattr(model, "tie_weights"):
         model.tie_weights()
@@ -109,6 +130,27 @@ def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def _shrink(torch: Any, model: Any, spec: ModuleSpec, k: int) -> None:
+    """Replaces the nn.Linear layers of one folded module by their smaller versions."""
+    width = k * spec.unit_rows
+    for part in spec.parts:
+        if part.role == "bias":
+            continue
+        parent_path, attr = spec.linear_of(part).rsplit(".", 1)
+        parent = model.get_submodule(parent_path)
+        old = getattr(parent, attr)
+        if part.role == "producer":
+            new = torch.nn.Linear(old.in_features, width, bias=old.bias is not None, dtype=old.weight.dtype)
+        else:
+            new = torch.nn.Linear(width, old.out_features, bias=old.bias is not None, dtype=old.weight.dtype)
+        setattr(parent, attr, new)
+    if spec.kind == "attention":
+        attn = model.get_submodule(spec.name)
+        attn.num_heads = k
+        if hasattr(attn, "embed_dim"):
+            attn.embed_dim = width
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -135,7 +177,9 @@ def _load_weights(path: Path) -> tuple[Any, Family]:
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small local checkpoint
     try:
-        if FOLDED_KEY in config:
+        if PALETTE_KEY in config:
+            model = load_palettized(path)
+        elif FOLDED_KEY in config:
             model = load_folded(path)
         else:
             model = family.model_class().from_pretrained(path, dtype="float32")

@@ -33,6 +33,7 @@ from .._version import __version__
 from ..errors import InvalidArgumentError, OutputExistsError
 from ..io.checkpoint import Checkpoint
 from ..io.output import atomic_directory, check_destination, refuse_inside_sources, write_json_atomic
+from ..io.palette import refuse_palettized
 from ..io.resolve import resolve_model
 from ..io.safetensors import SafetensorsWriter, from_f32
 from ..models.family import Family
@@ -340,6 +341,7 @@ def finetune(
     barrier(dist)  # every process has checked the output paths before the first one writes
     src = Checkpoint(src_path)
     try:
+        refuse_palettized(src.config, src.path, "fine-tuned (training moves the weights off the tables)")
         structure = read_structure(src)
         require_structure(structure, cfg.preserve, str(src.path))
         if not cfg.preserve:

@@ -2,6 +2,7 @@
 //!
 //! * [`kmeans`]: deterministic k-means on unit matrices (Ward or k-means++ initialisation,
 //!   Lloyd refinement with a GEMM distance step), byte-identical whatever the thread count.
+//! * [`palette`]: palettization (1-D weighted k-means of scalar weights per row, group or tensor).
 //! * [`select`]: structured magnitude selection (keep the K best-scoring units).
 //! * [`allocate`]: per-module cluster counts (uniform and variance-mixed plans).
 //! * [`dtype`]: f16 / bf16 <-> f32 conversion for checkpoint storage.
@@ -13,6 +14,7 @@ pub mod dtype;
 pub mod error;
 pub mod kmeans;
 mod linalg;
+pub mod palette;
 mod rng;
 pub mod select;
 

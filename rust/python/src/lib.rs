@@ -2,7 +2,7 @@
 //! the exception classes of `clusterprune.errors` (looked up once), results to frozen classes;
 //! it releases the GIL around heavy work and keeps one rayon pool per requested thread count.
 
-use clusterprune_core::{allocate, dtype, kmeans as km, select, CoreError};
+use clusterprune_core::{allocate, dtype, kmeans as km, palette as pal, select, CoreError};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
     PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
@@ -208,6 +208,102 @@ impl PlusPlusSampler {
     }
 }
 
+/// A palettized matrix (frozen): tables, optional row scales, indices, exact outliers.
+#[pyclass(frozen, get_all, module = "clusterprune._core")]
+struct PaletteResult {
+    /// (groups, 2^bits) float32, ascending per table, already rounded to the table dtype
+    luts: Py<PyArray2<f32>>,
+    /// (rows,) float32 row scales, or None
+    scales: Option<Py<PyArray1<f32>>>,
+    /// (rows, cols) uint8 table indices
+    indices: Py<PyArray2<u8>>,
+    /// (n,) int64 ascending flat positions of the values kept exactly
+    outliers: Py<PyArray1<i64>>,
+    /// (groups,) float64 weighted sum of squared errors per table
+    wsse: Py<PyArray1<f64>>,
+}
+
+/// Palettizes the rows of a C-contiguous float32 matrix (see clusterprune-core `palette`).
+#[pyfunction]
+#[pyo3(signature = (data, bits, *, group_rows=1, method="lloyd", max_iter=100, lut_dtype="float16",
+    row_scale=false, outlier_fraction=0.0, col_weights=None, row_weights=None, num_threads=None))]
+#[allow(clippy::too_many_arguments)]
+fn palettize<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray2<'py, f32>,
+    bits: u32,
+    group_rows: usize,
+    method: &str,
+    max_iter: usize,
+    lut_dtype: &str,
+    row_scale: bool,
+    outlier_fraction: f64,
+    col_weights: Option<PyReadonlyArray1<'py, f64>>,
+    row_weights: Option<PyReadonlyArray1<'py, f64>>,
+    num_threads: Option<usize>,
+) -> PyResult<PaletteResult> {
+    let (rows, cols) = (data.shape()[0], data.shape()[1]);
+    let spec = pal::PaletteSpec {
+        bits,
+        group_rows,
+        method: pal::Method::parse(method).map_err(to_py_err)?,
+        max_iter,
+        lut_dtype: pal::LutDtype::parse(lut_dtype).map_err(to_py_err)?,
+        row_scale,
+        outlier_fraction,
+    };
+    let values = data.as_slice()?;
+    let cw = match &col_weights {
+        Some(w) => w.as_slice()?,
+        None => &[],
+    };
+    let rw = match &row_weights {
+        Some(w) => w.as_slice()?,
+        None => &[],
+    };
+    let p = run_detached(py, num_threads, || {
+        pal::palettize(values, rows, cols, cw, rw, &spec)
+    })?
+    .map_err(to_py_err)?;
+    let groups = p.wsse.len();
+    let outliers: Vec<i64> = p.outliers.iter().map(|&o| o as i64).collect();
+    Ok(PaletteResult {
+        luts: PyArray1::from_vec(py, p.luts)
+            .reshape([groups, 1usize << bits])?
+            .unbind(),
+        scales: if row_scale {
+            Some(PyArray1::from_vec(py, p.scales).unbind())
+        } else {
+            None
+        },
+        indices: PyArray1::from_vec(py, p.indices)
+            .reshape([rows, cols])?
+            .unbind(),
+        outliers: outliers.into_pyarray(py).unbind(),
+        wsse: p.wsse.into_pyarray(py).unbind(),
+    })
+}
+
+/// Weighted 1-D k-means: (k centroids ascending, weighted sum of squares).
+#[pyfunction]
+#[pyo3(signature = (values, k, *, weights=None, method="exact", max_iter=100))]
+fn kmeans_1d<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray1<'py, f64>,
+    k: usize,
+    weights: Option<PyReadonlyArray1<'py, f64>>,
+    method: &str,
+    max_iter: usize,
+) -> PyResult<(Bound<'py, PyArray1<f64>>, f64)> {
+    let m = pal::Method::parse(method).map_err(to_py_err)?;
+    let w = match &weights {
+        Some(w) => w.as_slice()?,
+        None => &[],
+    };
+    let (c, cost) = pal::kmeans_1d(values.as_slice()?, w, k, m, max_iter).map_err(to_py_err)?;
+    Ok((c.into_pyarray(py), cost))
+}
+
 /// Ascending indices of the k largest scores (ties keep the lower index).
 #[pyfunction]
 fn top_k<'py>(
@@ -297,6 +393,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("INIT_NAMES", km::INIT_NAMES.to_vec())?;
     m.add("MAX_THREADS", MAX_THREADS)?;
     m.add_function(wrap_pyfunction!(top_k, m)?)?;
+    m.add_function(wrap_pyfunction!(palettize, m)?)?;
+    m.add_function(wrap_pyfunction!(kmeans_1d, m)?)?;
+    m.add_class::<PaletteResult>()?;
+    m.add("PALETTE_BITS", pal::BITS.to_vec())?;
+    m.add("PALETTE_METHODS", pal::METHOD_NAMES.to_vec())?;
     m.add_function(wrap_pyfunction!(uniform_plan, m)?)?;
     m.add_function(wrap_pyfunction!(variance_plan, m)?)?;
     m.add_function(wrap_pyfunction!(f16_to_f32, m)?)?;

@@ -1,0 +1,375 @@
+"""Palettizes a checkpoint: every chosen tensor's scalar weights clustered into 2^b values per
+table (Rust engine), written as the dequantized model (same names, shapes and dtypes) or the
+compact one (packed indices + tables, see :mod:`clusterprune.io.palette`), atomically.
+
+A fused or folded clusterprune checkpoint is a valid source (fold first, then palettize), and
+``sparsity=`` runs both steps in one call."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._version import __version__
+from ..engine.rust import check_threads, palettize_rows
+from ..errors import InvalidArgumentError, NonFiniteError
+from ..io.checkpoint import INDEX, SINGLE, Checkpoint
+from ..io.output import atomic_directory, check_destination
+from ..io.palette import FORMATS, HEADER_KEY, PALETTE_KEY, PALETTE_PLAN, Palettized, encode, header_entry
+from ..io.resolve import resolve_model
+from ..io.safetensors import SafetensorsWriter, nbytes
+from ..progress import Progress
+from .allocate import error_plan, fixed_bits, variance_plan
+from .config import BITS, PaletteConfig, make_config
+from .targets import Target, column_weights, targets
+
+FOLD_DIR = ".folded-source"
+MEASURED_UP_TO = 6  # the error allocator palettizes each tensor at every level up to this one
+
+
+@dataclass
+class TensorResult:
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    group_rows: int
+    rel_error: float  # input-weighted squared error / input-weighted energy
+    outliers: int
+    compact_bytes: int  # of its compact tensors
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class PaletteReport:
+    config: PaletteConfig
+    format: str
+    destination: str
+    tensors: list[TensorResult] = field(default_factory=list)
+    bytes_source: int = 0  # every tensor of the source, as stored
+    bytes_fp16: int = 0  # the same tensors at 2 bytes per floating value (the fp16 file)
+    bytes_compact: int = 0  # every tensor of the compact file (palettized ones as tables + indices)
+    bytes_written: int = 0  # the weight files of the output, on disk
+    seconds: float = 0.0
+    source_compression: dict[str, Any] | None = None
+
+    @property
+    def avg_bits(self) -> float:
+        n = sum(int(np.prod(t.shape)) for t in self.tensors)
+        return sum(t.bits * int(np.prod(t.shape)) for t in self.tensors) / n if n else 0.0
+
+    def to_dict(self, run_details: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "clusterprune_version": __version__,
+            "config": self.config.to_dict(),
+            "format": self.format,
+            "avg_bits": self.avg_bits,
+            "palettized_params": sum(int(np.prod(t.shape)) for t in self.tensors),
+            "bytes_source": self.bytes_source,
+            "bytes_fp16": self.bytes_fp16,
+            "bytes_compact": self.bytes_compact,
+            "bytes_written": self.bytes_written,
+            "source_compression": self.source_compression,
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+        if run_details:
+            d.update(destination=self.destination, seconds=self.seconds)
+        return d
+
+
+def lut_dtype_of(source_dtype: str, config: PaletteConfig) -> str:
+    """The safetensors dtype of a tensor's tables."""
+    if config.lut_dtype == "float32":
+        return "F32"
+    if config.lut_dtype == "float16":
+        return "F16"
+    return "BF16" if source_dtype == "BF16" else "F16"
+
+
+def group_rows(t: Target, config: PaletteConfig, where: Path) -> int:
+    if config.granularity == "per-tensor":
+        return t.rows
+    if config.granularity == "per-channel":
+        return 1
+    if t.rows % config.group_size:
+        raise InvalidArgumentError(
+            f"{where}: tensor {t.name}: --group-size {config.group_size} does not divide its {t.rows} rows "
+            f"(choose a divisor, or --exclude it)"
+        )
+    return config.group_size
+
+
+_RUST_LUT = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
+
+
+def compact_bytes(t: Target, bits: int, config: PaletteConfig, lut_dtype: str) -> int:
+    """Bytes of one tensor's compact parts at ``bits`` (packed indices, tables, scales; the
+    outliers' positions and values are left out: the same at every bits)."""
+    groups = t.rows // group_rows(t, config, Path(t.name))
+    itemsize = 4 if lut_dtype == "F32" else 2
+    scales = t.rows * itemsize if config.row_scale else 0
+    return -(-t.rows * t.cols * bits // 8) + groups * (2**bits) * itemsize + scales
+
+
+def palettize_tensor(
+    ckpt: Checkpoint,
+    t: Target,
+    bits: int,
+    config: PaletteConfig,
+    weights: np.ndarray | None,
+    num_threads: int | None,
+) -> tuple[Palettized, float]:
+    """One tensor palettized: (the result, weighted squared error)."""
+    info = ckpt.info(t.name)
+    values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
+    lut_dtype = lut_dtype_of(info.dtype, config)
+    g = group_rows(t, config, ckpt.file_of(t.name))
+    try:
+        r = palettize_rows(
+            values,
+            bits,
+            group_rows=g,
+            method=config.method,
+            max_iter=config.max_iter,
+            lut_dtype=_RUST_LUT[lut_dtype],
+            row_scale=config.row_scale,
+            outlier_fraction=config.outliers,
+            col_weights=weights,
+            num_threads=num_threads,
+        )
+    except NonFiniteError:
+        r, c = (int(v) for v in np.argwhere(~np.isfinite(values))[0])
+        raise NonFiniteError(
+            f"{ckpt.file_of(t.name)}: tensor {t.name} has a non-finite value (NaN or Inf) at row {r}, column {c}"
+        ) from None
+    positions = np.asarray(r.outliers, dtype=np.int64)
+    raw = np.asarray(ckpt.raw(t.name)).reshape(-1)
+    p = Palettized(
+        t.shape, info.dtype, bits, g, r.luts, lut_dtype, r.indices, r.scales, positions, raw[positions].copy()
+    )
+    return p, float(np.sum(r.wsse))
+
+
+def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None) -> float:
+    w = ckpt.f32(t.name).reshape(t.rows, t.cols).astype(np.float64)
+    sq = w * w
+    return float(np.sum(sq * weights[None, :]) if weights is not None else np.sum(sq))
+
+
+def plan_bits(
+    ckpt: Checkpoint,
+    chosen: list[Target],
+    config: PaletteConfig,
+    weights: dict[str, np.ndarray],
+    num_threads: int | None,
+) -> tuple[dict[str, int], dict[tuple[str, int], float]]:
+    """Bits per tensor, and the relative errors measured while planning ({(name, bits): rho})."""
+    fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
+    free = [t for t in chosen if t.name not in fixed]
+    levels = [b for b in BITS if config.min_bits <= b <= config.max_bits]
+    measured: dict[tuple[str, int], float] = {}
+    if config.allocation == "uniform":
+        return {t.name: config.bits for t in free} | fixed, measured
+    if config.allocation == "variance":
+        variances = {t.name: float(np.var(ckpt.f32(t.name).astype(np.float64))) for t in free}
+        return variance_plan(free, variances, config.bits, levels[0], levels[-1]) | fixed, measured
+    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in free}
+    measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
+    bar = Progress(len(free) * len(measured_levels), "plan bits", None)
+    for t in free:
+        for b in measured_levels:
+            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads)
+            measured[(t.name, b)] = err / energies[t.name] if energies[t.name] > 0 else 0.0
+            bar.update(f"{t.name} {b} bits")
+        top = measured_levels[-1]
+        for b in levels:
+            if b > top:  # high-rate quantization: every further bit quarters the error
+                measured[(t.name, b)] = measured[(t.name, top)] * 4.0 ** (top - b)
+    target = config.avg_bits or float(config.bits)
+    lo, hi = int(np.floor(target)), int(np.ceil(target))
+    frac = target - lo
+
+    def size(name: str, b: int) -> float:
+        return float(compact_bytes(by_name[name], b, config, lut_dtype_of(ckpt.info(name).dtype, config)))
+
+    by_name = {t.name: t for t in free}
+    budget = sum(size(t.name, lo) + frac * (size(t.name, hi) - size(t.name, lo)) for t in free)
+    plan = error_plan(free, lambda name, b: measured[(name, b)], size, budget, levels)
+    return plan | fixed, measured
+
+
+def palettize(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    config: PaletteConfig | None = None,
+    *,
+    format: str = "dequantized",
+    sparsity: float | None = None,
+    recipe: Any = None,
+    overwrite: bool = False,
+    progress: bool | None = None,
+    num_threads: int | None = None,
+    **overrides: Any,
+) -> PaletteReport:
+    """Palettizes the checkpoint ``src`` into ``dst`` (written atomically).
+
+    ``config``: a :class:`PaletteConfig` (``overrides``: any of its fields, e.g. ``bits=6``).
+    ``format``: dequantized (same tensors; loads with ``from_pretrained``) or compact (packed
+    indices + tables; :func:`clusterprune.load_palettized`). ``sparsity`` (+ ``recipe``): first
+    compress ``src`` (folded export) with that recipe, then palettize the folded model.
+    """
+    chosen_config = make_config(config, **overrides)
+    if format not in FORMATS:
+        raise InvalidArgumentError(f"unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
+    threads = check_threads(num_threads)
+    started = time.monotonic()
+    src_path = resolve_model(src)
+    check_destination(dst, sources=[src_path], overwrite=overwrite)
+    with atomic_directory(dst, overwrite=overwrite, sources=[src_path]) as tmp:
+        source = src_path
+        if sparsity is not None:
+            from ..pipeline import compress
+
+            source = tmp / FOLD_DIR
+            compress(
+                src_path,
+                source,
+                recipe or "datafree",
+                sparsity=sparsity,
+                export="folded",
+                progress=progress,
+                num_threads=threads,
+            )
+        with Checkpoint(source) as ckpt:
+            report = _write(ckpt, tmp, chosen_config, format, progress, threads)
+        if sparsity is not None:
+            shutil.rmtree(tmp / FOLD_DIR)
+        report.destination = str(dst)
+        report.seconds = time.monotonic() - started
+        (tmp / PALETTE_PLAN).write_text(json.dumps(report.to_dict(run_details=False), indent=2) + "\n")
+    return report
+
+
+def _check_source(ckpt: Checkpoint) -> None:
+    if PALETTE_KEY in ckpt.config:
+        raise InvalidArgumentError(
+            f"{ckpt.path / 'config.json'}: this checkpoint is already palettized ('{PALETTE_KEY}'): "
+            "palettize its source instead (palettizing twice would compound the error)"
+        )
+
+
+def _write(
+    ckpt: Checkpoint, tmp: Path, config: PaletteConfig, fmt: str, progress: bool | None, threads: int | None
+) -> PaletteReport:
+    from ..io.metadata import read_compression
+
+    _check_source(ckpt)
+    chosen = targets(ckpt, config)
+    if not chosen:
+        raise InvalidArgumentError(
+            f"{ckpt.path}: no tensor matches the palettize options (check --include / --exclude / --min-size)"
+        )
+    for t in chosen:
+        group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
+    weights = column_weights(ckpt, chosen, config)
+    bits, _ = plan_bits(ckpt, chosen, config, weights, threads)
+    record = read_compression(ckpt)
+    report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
+    report.bytes_source = ckpt.total_bytes()
+    report.bytes_fp16 = sum(
+        nbytes("F16" if ckpt.info(n).dtype in ("F32", "F64", "BF16") else ckpt.info(n).dtype, ckpt.info(n).shape)
+        for n in ckpt.names()
+    )
+    ckpt.copy_aux_files(tmp, skip=frozenset({PALETTE_PLAN, FOLD_DIR}))
+    config_json = dict(ckpt.config)
+    config_json[PALETTE_KEY] = {"format": fmt, "version": __version__}
+    (tmp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    by_name = {t.name: t for t in chosen}
+    bar = Progress(len(chosen), "palettize", progress)
+    results: dict[str, tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]] = {}
+    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in chosen}
+    writers: dict[str, SafetensorsWriter] = {}
+    try:
+        if fmt == "dequantized":
+            for fname, f in ckpt.files.items():
+                names = [n for n in ckpt.names() if ckpt.where[n] == fname]
+                entries = [(n, ckpt.info(n).dtype, ckpt.info(n).shape) for n in names]
+                writers[fname] = SafetensorsWriter(
+                    tmp / fname, entries, {**f.metadata, "format": f.metadata.get("format", "pt")}
+                )
+        for t in chosen:
+            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads)
+            compact = encode(t.name, p)
+            rho = err / energies[t.name] if energies[t.name] > 0 else 0.0
+            report.tensors.append(
+                TensorResult(
+                    t.name,
+                    t.shape,
+                    p.bits,
+                    p.group_rows,
+                    rho,
+                    int(p.positions.size),
+                    sum(a.nbytes for _, a in compact.values()),
+                )
+            )
+            if fmt == "dequantized":
+                writers[ckpt.where[t.name]].write(t.name, p.dequantize())
+            else:  # only the packed parts stay in memory (b / 8 bytes per weight)
+                results[t.name] = (header_entry(p), compact)
+            bar.update(t.name)
+        if fmt == "dequantized":
+            for name in ckpt.names():
+                if name not in by_name:
+                    writers[ckpt.where[name]].write(name, ckpt.raw_bytes(name))
+            for w in writers.values():
+                w.close()
+            writers = {}
+            if ckpt.index is not None:
+                (tmp / INDEX).write_text(json.dumps(ckpt.index, indent=2))
+        else:
+            _write_compact(ckpt, tmp, results)
+    finally:
+        for w in writers.values():
+            w.abort()
+    report.bytes_compact = sum(t.compact_bytes for t in report.tensors) + sum(
+        ckpt.info(n).nbytes for n in ckpt.names() if n not in by_name
+    )
+    report.bytes_written = sum(p.stat().st_size for p in tmp.iterdir() if p.suffix == ".safetensors")
+    return report
+
+
+def _write_compact(
+    ckpt: Checkpoint, tmp: Path, results: dict[str, tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]]
+) -> None:
+    """One model.safetensors: the palettized tensors' parts, every other tensor as stored."""
+    from ..io.metadata import METADATA_KEY
+
+    parts: dict[str, tuple[str, np.ndarray]] = {}
+    for name in ckpt.names():
+        if name in results:
+            parts.update(results[name][1])
+        else:
+            parts[name] = (ckpt.info(name).dtype, np.asarray(ckpt.raw(name)))
+    metadata = {"format": "pt", HEADER_KEY: json.dumps({n: entry for n, (entry, _) in results.items()})}
+    source_meta = next(iter(ckpt.files.values())).metadata
+    if METADATA_KEY in source_meta:
+        metadata[METADATA_KEY] = source_meta[METADATA_KEY]  # the structured compression it stacks on
+    entries = [(n, dtype, tuple(arr.shape)) for n, (dtype, arr) in parts.items()]
+    writer = SafetensorsWriter(tmp / SINGLE, entries, metadata)
+    try:
+        for n, (_, arr) in parts.items():
+            writer.write(n, arr)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise

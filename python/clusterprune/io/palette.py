@@ -85,15 +85,14 @@ class Palettized:
 
     def dequantize(self) -> np.ndarray:
         """The tensor in its source storage dtype (see the module docstring)."""
-        rows, cols = self.rows, self.indices.shape[1]
-        groups = np.arange(rows) // self.group_rows
+        groups = np.arange(self.rows) // self.group_rows
         out = np.take_along_axis(self.lut[groups], self.indices.astype(np.intp), axis=1).astype(np.float32)
         if self.scales is not None:
             out = out * self.scales.astype(np.float32)[:, None]
         stored = from_f32(out, self.dtype).reshape(-1)
         if self.positions.size:
             stored[self.positions] = self.values
-        return stored.reshape(self.shape) if rows * cols else stored
+        return stored.reshape(self.shape)
 
 
 def encode(name: str, p: Palettized) -> dict[str, tuple[str, np.ndarray]]:

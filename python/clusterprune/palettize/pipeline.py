@@ -171,19 +171,19 @@ def plan_bits(
     chosen: list[Target],
     config: PaletteConfig,
     weights: dict[str, np.ndarray],
+    energies: dict[str, float],
     num_threads: int | None,
-) -> tuple[dict[str, int], dict[tuple[str, int], float]]:
-    """Bits per tensor, and the relative errors measured while planning ({(name, bits): rho})."""
+) -> dict[str, int]:
+    """Bits per tensor (``energies``: every tensor's weighted energy, the error allocator's scale)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
     free = [t for t in chosen if t.name not in fixed]
     levels = [b for b in BITS if config.min_bits <= b <= config.max_bits]
     measured: dict[tuple[str, int], float] = {}
     if config.allocation == "uniform":
-        return {t.name: config.bits for t in free} | fixed, measured
+        return {t.name: config.bits for t in free} | fixed
     if config.allocation == "variance":
         variances = {t.name: float(np.var(ckpt.f32(t.name).astype(np.float64))) for t in free}
-        return variance_plan(free, variances, config.bits, levels[0], levels[-1]) | fixed, measured
-    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in free}
+        return variance_plan(free, variances, config.bits, levels[0], levels[-1]) | fixed
     measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
@@ -205,7 +205,7 @@ def plan_bits(
     by_name = {t.name: t for t in free}
     budget = sum(size(t.name, lo) + frac * (size(t.name, hi) - size(t.name, lo)) for t in free)
     plan = error_plan(free, lambda name, b: measured[(name, b)], size, budget, levels)
-    return plan | fixed, measured
+    return plan | fixed
 
 
 def palettize(
@@ -282,7 +282,8 @@ def _write(
     for t in chosen:
         group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
     weights = column_weights(ckpt, chosen, config)
-    bits, _ = plan_bits(ckpt, chosen, config, weights, threads)
+    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in chosen}
+    bits = plan_bits(ckpt, chosen, config, weights, energies, threads)
     record = read_compression(ckpt)
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
     report.bytes_source = ckpt.total_bytes()
@@ -297,7 +298,6 @@ def _write(
     by_name = {t.name: t for t in chosen}
     bar = Progress(len(chosen), "palettize", progress)
     results: dict[str, tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]] = {}
-    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in chosen}
     writers: dict[str, SafetensorsWriter] = {}
     try:
         if fmt == "dequantized":

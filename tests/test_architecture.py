@@ -75,9 +75,13 @@ def test_a_flag_reaches_the_recipe(checkpoints, tmp_path):
 
 def test_recipe_defaults_round_trip_and_catalog():
     assert Recipe() == RECIPES[DEFAULT_RECIPE] and DEFAULT_RECIPE in RECOMMENDED
-    assert set(EXPERIMENTAL) == {"cosine", "datafree-heads", "datafree-joint"} and not set(EXPERIMENTAL) & set(
-        RECOMMENDED
-    )
+    assert set(EXPERIMENTAL) == {
+        "cosine",
+        "datafree-heads",
+        "datafree-joint",
+        "datafree-obs",
+        "datafree-selfgen",
+    } and not set(EXPERIMENTAL) & set(RECOMMENDED)
     for r in RECIPES.values():
         assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
     with pytest.raises(InvalidArgumentError, match="unknown recipe option"):

@@ -28,6 +28,7 @@ from .errors import (
 )
 from .exporters.ct2 import export_ct2
 from .inspection import inspect
+from .io.stats import ActivationStats, load_stats
 from .palettize.config import PaletteConfig
 from .palettize.pipeline import PaletteReport, palettize
 from .pipeline import Report, compress, execute
@@ -43,9 +44,11 @@ def plan(
     exclude: str | None = None,
     k_overrides: dict[str, int] | None = None,
     seed: int = 0,
+    stats: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> Plan:
-    """The compression plan for ``src`` (validated, nothing written)."""
+    """The compression plan for ``src`` (validated, nothing written); ``stats``: a statistics
+    file of :func:`selfgen` (recipes with activations selfgen)."""
     return make_plan(
         src,
         sparsity,
@@ -54,7 +57,29 @@ def plan(
         exclude=exclude,
         k_overrides=k_overrides,
         seed=seed,
+        stats=load_stats(stats) if stats is not None else None,
     )
+
+
+def selfgen(
+    model_dir: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    clips: int = 64,
+    decoder_samples: int = 8,
+    probe_clips: int = 8,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> ActivationStats:
+    """Activation statistics of the dense model on self-generated inputs, written to ``out``
+    (needs torch + transformers; see ``clusterprune selfgen --help``)."""
+    from .activations.collect import SelfGenConfig, collect
+    from .io.output import check_file_destination
+
+    check_file_destination(out, sources=[model_dir], what="the statistics file")
+    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips), progress=progress)
+    stats.save(out)
+    return stats
 
 
 def load_palettized(path: str | os.PathLike[str], **kwargs: Any) -> Any:
@@ -73,6 +98,7 @@ def load_folded(path: str | os.PathLike[str], **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "ActivationStats",
     "CheckpointNotFoundError",
     "ClusterpruneError",
     "CorruptCheckpointError",
@@ -97,6 +123,8 @@ __all__ = [
     "inspect",
     "kmeans",
     "load_folded",
+    "load_stats",
+    "selfgen",
     "load_palettized",
     "make_recipe",
     "palettize",

@@ -18,9 +18,10 @@ from .errors import InvalidArgumentError
 from .options import opt, typed_values
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 
-METHODS = ("kmeans", "magnitude")
+METHODS = ("kmeans", "magnitude", "obs")
 KINDS = ("all", "ffn", "attention")
-ALLOCATIONS = ("uniform", "variance", "damage")
+ALLOCATIONS = ("uniform", "variance", "damage", "error", "sensitivity")
+ACTIVATION_MODELS = ("gaussian", "selfgen")
 VARIANCE_GROUPS = ("kind", "module_type")
 BUDGETS = ("units", "params")
 
@@ -30,11 +31,18 @@ class Recipe:
     """Every choice of one compression run; ``Recipe()`` is the default recipe, ``datafree``."""
 
     name: str = field(default="datafree", metadata={"help": "the named recipe these choices started from"})
-    method: str = opt("magnitude", "kmeans (cluster and merge units) or magnitude (remove the lowest-scoring)", METHODS)
+    method: str = opt(
+        "magnitude",
+        "kmeans (cluster and merge units), magnitude (remove the lowest-scoring) or obs (FFN neurons removed one "
+        "at a time by the optimal-brain-surgeon rule under the activation model, kept fc2 columns re-solved)",
+        METHODS,
+    )
     allocation: str = opt(
         "variance",
         "uniform K per module; the paper's variance-mixed plan; or damage: every module's K chosen jointly, "
-        "removing the units of least modelled damage (score / modelled residual-stream variance) first",
+        "removing the units of least modelled damage (score / modelled residual-stream variance) first; error "
+        "(method obs): every module's K from its removal-error curve over its residual-stream variance; sensitivity "
+        "(activations selfgen): from each module's measured end-to-end damage curve on self-generated inputs",
         ALLOCATIONS,
     )
     feature: str = opt("weights", "what k-means sees of a unit", FEATURES)
@@ -63,6 +71,18 @@ class Recipe:
         False, "re-solve kept FFN neurons' fc2 columns under the Gaussian LayerNorm input model (magnitude only)"
     )
 
+    repair: bool = opt(
+        False,
+        "method kmeans, FFN: rescale each merged neuron's pre-activation to its members' mean variance under the "
+        "Gaussian LayerNorm model, keeping its mean (model folding's data-free repair)",
+    )
+    activations: str = opt(
+        "gaussian",
+        "activation model of method obs: gaussian (from the weights) or selfgen (a statistics file made by "
+        "`clusterprune selfgen`: the model's own response to synthetic speech-like audio; --stats FILE)",
+        ACTIVATION_MODELS,
+    )
+
     def validate(self) -> Recipe:
         """The recipe with every value checked and of its field's Python type (numpy scalars are
         accepted and converted, so the recipe stays JSON-serialisable)."""
@@ -76,6 +96,16 @@ class Recipe:
             raise InvalidArgumentError(f"remove_heads {checked.remove_heads} must be >= 0")
         if checked.allocation == "damage" and checked.score not in ("gauss_ln", "gauss_attn"):
             raise InvalidArgumentError("allocation damage needs a Gaussian score (gauss_ln or gauss_attn)")
+        if checked.repair and checked.method != "kmeans":
+            raise InvalidArgumentError("repair applies to merged units (method kmeans) only")
+        if checked.method == "obs" and checked.kinds != "ffn":
+            raise InvalidArgumentError("method obs removes FFN neurons only (kinds ffn)")
+        if checked.allocation == "error" and checked.method != "obs":
+            raise InvalidArgumentError("allocation error needs method obs (its removal-error curves)")
+        if checked.allocation == "sensitivity" and checked.activations != "selfgen":
+            raise InvalidArgumentError("allocation sensitivity needs activations selfgen (the measured damage curves)")
+        if checked.activations == "selfgen" and checked.method != "obs":
+            raise InvalidArgumentError("activations selfgen is the activation model of method obs")
         if (checked.compensate or checked.refit) and checked.method != "magnitude":
             raise InvalidArgumentError("compensate and refit apply to removal (method magnitude) only")
         return checked
@@ -132,9 +162,14 @@ EXPERIMENTAL: dict[str, Recipe] = {
         remove_heads=1,
         compensate=True,
     ),
-    # datafree with the joint allocator (README "A data-free joint allocator"): every module's K from
+    # datafree with the joint allocator (README "Allocators, removal with re-solved consumers"): every module's K from
     # the modelled damage per parameter, heads included where the model says a head is cheap
     "datafree-joint": Recipe(name="datafree-joint", allocation="damage", kinds="all"),
+    # FFN neurons removed by the optimal-brain-surgeon rule under the Gaussian LayerNorm model's
+    # activation covariance, kept fc2 columns re-solved; the paper's variance-mixed allocation
+    "datafree-obs": Recipe(name="datafree-obs", method="obs"),
+    # the same with measured statistics of self-generated inputs (`clusterprune selfgen`, --stats)
+    "datafree-selfgen": Recipe(name="datafree-selfgen", method="obs", activations="selfgen"),
 }
 
 RECIPES: dict[str, Recipe] = {**RECOMMENDED, **EXPERIMENTAL}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,13 +23,17 @@ from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compressi
 from .io.output import atomic_directory, check_destination
 from .io.resolve import resolve_model
 from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
+from .io.stats import load_stats
 from .models.units import ModuleSpec, Part, from_units, to_units
+from .models.units import blocks as blocks_of
 from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
-from .recipes.context import module_context
+from .recipes.context import module_context, module_seed, with_moments
 from .recipes.gaussian import ModuleContext, expected_contribution
+from .recipes.obs import Removal, greedy_removal, output_variance
 from .recipes.refit import refit_consumer
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
+from .recipes.repair import repair_scales, repaired
 
 
 @dataclass
@@ -101,10 +104,26 @@ def group_units(
     seed: int,
     compute: Compute = Compute(),
     ctx: ModuleContext | None = None,
+    planned: Removal | None = None,
 ) -> tuple[np.ndarray, float, int, str]:
-    """labels (cluster per unit, -1 removed), relative WCSS, Lloyd iterations, init used."""
+    """labels (cluster per unit, -1 removed), relative WCSS (method obs: the relative output
+    error), Lloyd iterations, init used. ``planned``: a removal order method obs may reuse."""
     ctx = ctx or ModuleContext()
     n = parts[0][1].shape[0]
+    if recipe.method == "obs":
+        if ctx.moments is None:
+            raise InvalidArgumentError("method obs needs the module's activation moments")
+        (consumer,) = blocks_of(parts, ("consumer",))
+        removed = planned if planned is not None and len(planned.order) >= n - k else None
+        removed = removed or greedy_removal(ctx.moments[1], consumer, n - k)
+        removed = Removal(removed.order[: n - k], removed.errors[: n - k])
+        labels = np.zeros(n, dtype=np.int64)
+        labels[removed.order] = -1
+        keep = np.flatnonzero(labels >= 0)
+        labels[keep] = np.arange(len(keep))
+        full = output_variance(ctx.moments[1], consumer)
+        rel = float(removed.errors[-1]) / full if len(removed.errors) and full > 0 else 0.0
+        return labels, rel, 0, "-"
     if recipe.method == "magnitude":
         keep = top_k(SCORES[recipe.score](parts, ctx), k)
         labels = np.full(n, -1, dtype=np.int64)
@@ -217,13 +236,19 @@ def _compress_module(
     units32 = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
     parts = [(p, u.astype(np.float64)) for p, u in units32]
     ctx = module_context(ckpt, spec)
-    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
+    if recipe.method == "obs":
+        ctx = with_moments(ctx, spec, parts, plan.stats, plan.seed)
+    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx, plan.removals.get(m.name))
     xp = compute.namespace()
     on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
+    if recipe.repair and spec.kind == "ffn" and m.k < m.n_units:
+        host = [(p, to_host(xp, u)) for p, u in folded]
+        fixed = repaired(host, repair_scales(parts, labels, m.k, ctx), ctx)
+        folded = [(p, xp.asarray(u)) for p, u in fixed]
     shift = None  # change of the consumer's bias that keeps the modelled mean output
-    if recipe.refit and spec.kind == "ffn" and m.k < m.n_units:
-        new_consumer, shift = refit_consumer(parts, labels, ctx, _module_seed(plan.seed, spec.name))
+    if (recipe.refit or recipe.method == "obs") and spec.kind == "ffn" and m.k < m.n_units:
+        new_consumer, shift = refit_consumer(parts, labels, ctx, module_seed(plan.seed, spec.name))
         folded = [(p, xp.asarray(new_consumer) if p.role == "consumer" else u) for p, u in folded]
     elif (recipe.compensate or recipe.refit) and m.k < m.n_units:
         shift = expected_contribution(parts, ctx)[labels < 0].sum(axis=0)
@@ -240,16 +265,11 @@ def _compress_module(
     return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
 
 
-def _module_seed(seed: int, name: str) -> int:
-    """A stable per-module seed (the synthetic inputs of a refit differ between modules)."""
-    return (seed << 32) ^ zlib.crc32(name.encode())
-
-
 def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:
     """Every tensor compressing ``spec`` rewrites (its parts, and the consumer bias when the
     recipe compensates)."""
     names = [p.tensor for p in spec.parts]
-    if (recipe.compensate or recipe.refit) and spec.consumer_bias is not None:
+    if (recipe.compensate or recipe.refit or recipe.method == "obs") and spec.consumer_bias is not None:
         names.append(spec.consumer_bias)
     return names
 
@@ -289,6 +309,7 @@ def compress(
     progress: bool | None = None,
     num_threads: int | None = None,
     device: str = "cpu",
+    stats: str | os.PathLike[str] | None = None,
     **overrides: Any,
 ) -> Report:
     """Compresses the checkpoint directory ``src`` into ``dst`` (written atomically).
@@ -298,6 +319,7 @@ def compress(
     ``sparsity``: the fraction of units removed (``budget="params"``: of compressible parameters).
     ``export``: fused (same shapes) or folded (smaller). ``device``: cpu (Rust engine), cuda
     (CuPy) or numpy (the CuPy code path on the CPU). ``k_overrides``: {module name: K}.
+    ``stats``: a statistics file of :func:`clusterprune.selfgen` (recipes with activations selfgen).
     """
     chosen = make_recipe(recipe, **overrides)
     compute = Compute(device, check_threads(num_threads))
@@ -306,5 +328,8 @@ def compress(
         raise InvalidArgumentError(f"unknown export {export!r} (expected one of: {', '.join(EXPORTS)})")
     with Checkpoint(resolve_model(src)) as ckpt:
         check_destination(dst, sources=[ckpt.path], overwrite=overwrite)
-        plan = make_plan(ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed)
+        measured = load_stats(stats) if stats is not None else None
+        plan = make_plan(
+            ckpt, sparsity, chosen, include=include, exclude=exclude, k_overrides=k_overrides, seed=seed, stats=measured
+        )
         return execute(plan, ckpt, dst, export=export, overwrite=overwrite, progress=progress, compute=compute)

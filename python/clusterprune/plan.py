@@ -6,6 +6,7 @@ and can be inspected before anything is written.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 import re
@@ -22,11 +23,16 @@ from .errors import (
 from .io.checkpoint import Checkpoint
 from .io.palette import refuse_palettized
 from .io.resolve import resolve_model
+from .io.stats import ActivationStats, model_digest
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
 from .models.units import ModuleSpec, to_units
-from .recipes.damage import damage_plan
+from .recipes.context import module_context, with_moments
+from .recipes.damage import damage_plan, error_plan, stream_variances, unit_scores
+from .recipes.obs import Removal, greedy_removal
 from .recipes.registries import FEATURES
+
+CURVE_REACH = 2.5  # error curves reach this multiple of the mean unit sparsity (a cost bound)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,8 @@ class Plan:
     total_params: int  # every parameter of the checkpoint
     compressible_params: int  # parameters of all units of all modules of the unit map
     specs: dict[str, ModuleSpec] = field(repr=False, default_factory=dict)
+    stats: ActivationStats | None = field(repr=False, default=None)  # activations selfgen
+    removals: dict[str, Removal] = field(repr=False, default_factory=dict)  # method obs: the planned orders
 
     @property
     def params_removed(self) -> int:
@@ -93,6 +101,7 @@ class Plan:
             "params_removed": self.params_removed,
             "total_params": self.total_params,
             "compressible_params": self.compressible_params,
+            **({"activation_stats": self.stats.provenance()} if self.stats is not None else {}),
             "modules": [m.to_dict() for m in self.modules],
             "excluded": self.excluded,
         }
@@ -130,6 +139,66 @@ def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float
     return max(total_sq / count - mean * mean, 0.0)
 
 
+def check_stats(recipe: Recipe, stats: ActivationStats | None, ckpt: Checkpoint) -> ActivationStats | None:
+    """The statistics a recipe needs, made from this checkpoint's weights (refused otherwise)."""
+    if recipe.activations != "selfgen":
+        if stats is not None:
+            raise InvalidArgumentError(
+                "--stats is read by recipes with activations selfgen only (e.g. datafree-selfgen)"
+            )
+        return None
+    if stats is None:
+        raise InvalidArgumentError(
+            "activations selfgen needs --stats FILE (make it with `clusterprune selfgen MODEL FILE`)"
+        )
+    if stats.digest != model_digest(ckpt.path):
+        raise InvalidArgumentError(
+            f"{stats.source}: the statistics were made from other weights than {ckpt.path} (digest differs)"
+        )
+    return stats
+
+
+def removal_curves(
+    ckpt: Checkpoint,
+    modules: list[ModuleSpec],
+    pool: list[ModuleSpec],
+    stats: ActivationStats | None,
+    seed: int,
+    sparsity: float,
+) -> tuple[dict[str, Removal], dict[str, float]]:
+    """Every pool module's method-obs removal order and error curve, up to CURVE_REACH times the mean sparsity of
+    its units, and the variance of the residual stream it writes into: measured with ``stats``,
+    else modelled (:func:`clusterprune.recipes.damage.stream_variances`)."""
+    curves: dict[str, Removal] = {}
+    stream: dict[str, float] = {}
+    for spec in pool:
+        parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
+        ctx = with_moments(module_context(ckpt, spec), spec, parts, stats, seed)
+        assert ctx.moments is not None
+        (consumer,) = [m for p, m in parts if p.role == "consumer"]
+        steps = math.ceil(min(1.0, CURVE_REACH * sparsity) * spec.n_units)
+        curves[spec.name] = greedy_removal(ctx.moments[1], consumer, steps)
+        if ctx.stream_variance is not None:
+            stream[spec.name] = max(ctx.stream_variance, 1e-30)
+    if len(stream) < len(pool):
+        scores = {s.name: unit_scores(ckpt, s, "gauss_ln") for s in modules}
+        stream = stream_variances(ckpt, modules, scores)
+    return curves, stream
+
+
+def damage_curve(stats: ActivationStats, spec: ModuleSpec) -> np.ndarray:
+    """The module's measured damage after removing r = 1, 2, ... neurons, up to its largest
+    measured fraction: piecewise linear between the measured points (round(f N) neurons removed
+    at fraction f, as measured; 0 at r = 0)."""
+    found = stats.modules.get(spec.name)
+    if found is None or not found.fractions:
+        raise InvalidArgumentError(
+            f"{stats.source or 'the statistics file'}: no damage curve for {spec.name} (made with --probe-clips 0?)"
+        )
+    points = [0, *(round(f * spec.n_units) for f in found.fractions)]
+    return np.interp(np.arange(1, max(points) + 1), points, [0.0, *found.damage])
+
+
 def make_plan(
     source: str | os.PathLike[str] | Checkpoint,
     sparsity: float,
@@ -139,8 +208,10 @@ def make_plan(
     exclude: str | None = None,
     k_overrides: dict[str, int] | None = None,
     seed: int = 0,
+    stats: ActivationStats | None = None,
 ) -> Plan:
-    """Validates the checkpoint and computes K for every selected module."""
+    """Validates the checkpoint and computes K for every selected module (``stats``: the
+    measured activation statistics that recipes with ``activations="selfgen"`` need)."""
     sparsity = check_sparsity(sparsity)
     seed = check_seed(seed)
     recipe = recipe.validate()
@@ -149,6 +220,7 @@ def make_plan(
     ckpt = Checkpoint(resolve_model(source)) if own else source
     try:
         refuse_palettized(ckpt.config, ckpt.path, "compressed (its weights are shared table entries)")
+        stats = check_stats(recipe, stats, ckpt)
         umap = unit_map(ckpt.config, set(ckpt.where))
         validate_checkpoint(ckpt, umap)
         matched = [
@@ -179,14 +251,27 @@ def make_plan(
         variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
         pool_units = [s.n_units for s in pool]
         errors: dict[str, float] = {}
+        removals: dict[str, Removal] = {}
+        target: dict[str, Any] = (
+            {"remove_params": pool_sparsity * sum(s.n_units * s.params_per_unit for s in pool)}
+            if recipe.budget == "params"
+            else {"remove_units": round(pool_sparsity * sum(pool_units))}
+        )
         if not pool:
             pool_ks: list[int] = []
         elif recipe.allocation == "damage":
-            if recipe.budget == "params":
-                target = {"remove_params": pool_sparsity * sum(s.n_units * s.params_per_unit for s in pool)}
-            else:
-                target = {"remove_units": round(pool_sparsity * sum(pool_units))}
             damage = damage_plan(ckpt, list(umap.modules), pool, recipe.score, **target)
+            pool_ks = [damage.ks[s.name] for s in pool]
+            errors = damage.errors
+        elif recipe.allocation == "error":
+            removals, stream = removal_curves(ckpt, list(umap.modules), pool, stats, seed, pool_sparsity)
+            damage = error_plan(pool, {n: r.errors for n, r in removals.items()}, stream, **target)
+            pool_ks = [damage.ks[s.name] for s in pool]
+            errors = damage.errors
+        elif recipe.allocation == "sensitivity":
+            assert stats is not None
+            curves = {s.name: damage_curve(stats, s) for s in pool}
+            damage = error_plan(pool, curves, {s.name: 1.0 for s in pool}, **target)
             pool_ks = [damage.ks[s.name] for s in pool]
             errors = damage.errors
         elif recipe.allocation == "uniform":
@@ -228,6 +313,8 @@ def make_plan(
             total_params=total,
             compressible_params=compressible,
             specs={s.name: s for s in selected},
+            stats=stats,
+            removals=removals,
         )
     finally:
         if own:

@@ -12,10 +12,10 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ClusterpruneError
-from . import compress, evaluate, export_ct2, finetune, import_ct2, inspect, palettize, sweep
+from . import compress, evaluate, export_ct2, finetune, import_ct2, inspect, palettize, selfgen, sweep
 from .common import OneLineParser
 
-COMMANDS = (compress, palettize, inspect, import_ct2, export_ct2, evaluate, sweep, finetune)
+COMMANDS = (compress, palettize, selfgen, inspect, import_ct2, export_ct2, evaluate, sweep, finetune)
 DEBUG_ENV = "CLUSTERPRUNE_DEBUG"
 
 

@@ -50,6 +50,11 @@ def register(sub: Any) -> None:
     c.add_argument("--include", metavar="REGEX", help="only modules whose name matches (e.g. 'ffn$')")
     c.add_argument("--exclude", metavar="REGEX", help="skip modules whose name matches (e.g. 'attn')")
     c.add_argument("--report", metavar="JSON", help="write the plan and per-module results as JSON")
+    c.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="activation statistics of SRC made by `clusterprune selfgen` (recipes with activations selfgen)",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument(
         "--set-k",
@@ -95,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         progress=args.progress,
         num_threads=args.threads,
         device=args.device,
+        stats=args.stats,
         **recipe_overrides(args),
     )
     data = report.to_dict()

@@ -50,6 +50,7 @@ def register(sub: Any) -> None:
     )
     w.add_argument("--granularity", help="palettize granularity (default per-channel)")
     w.add_argument("--group-size", type=int, help="palettize rows per table with per-grouped-channel")
+    w.add_argument("--stats", metavar="FILE", help="statistics of `clusterprune selfgen` (datafree-selfgen cells)")
     w.add_argument("--out", required=True, help="output directory")
     w.set_defaults(run=run)
 
@@ -79,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         bits=[int(b) for b in floats(args.bits, "--bits")],
         bit_allocations=names(args.bit_allocations),
+        stats=args.stats,
         palette_options={k: v for k, v in (("granularity", args.granularity), ("group_size", args.group_size)) if v},
     )
     print(Path(args.out, "results.md").read_text())

@@ -104,11 +104,13 @@ def sweep(
     bits: list[int] | None = None,
     bit_allocations: list[str] | None = None,
     palette_options: dict[str, Any] | None = None,
+    stats: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compresses and evaluates every cell (see the module docstring); returns the summary.
     ``runtime="ct2"``: every model (the dense one too) is exported with export-ct2 and evaluated
     in CTranslate2 with ``compute_type``. ``bits``: also palettize the dense model at each of
-    these bits (per ``bit_allocations``, default uniform; ``palette_options``: PaletteConfig fields)."""
+    these bits (per ``bit_allocations``, default uniform; ``palette_options``: PaletteConfig fields).
+    ``stats``: the statistics file that cells of recipes with activations selfgen read."""
     out = Path(out)
     model_dir = resolve_model(model_dir)
     bits = list(bits or [])
@@ -135,6 +137,8 @@ def sweep(
     }
     if runtime != "transformers":  # older results (without these keys) stay valid for transformers
         data_key.update(runtime=runtime, compute_type=compute_type)
+    if stats is not None:  # older results (without the key) stay valid without statistics
+        data_key["stats"] = str(stats)
     if palette_options:
         data_key["palette"] = dict(sorted(palette_options.items()))
     utts = load_utterances(data, subset, limit)
@@ -192,6 +196,7 @@ def sweep(
                 progress=False,
                 allocation=allocation,
                 budget=budget,
+                stats=stats if make_recipe(recipe, **opts).activations == "selfgen" else None,
                 **opts,
             )
             result = evaluated(dst)

@@ -222,23 +222,34 @@ def check_file_destination(path: str | os.PathLike[str], *, sources: Sources = (
         raise OutputExistsError(f"{path}: {what} cannot be created: {existing} is not a directory")
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any, *, sources: Sources = ()) -> None:
-    """Writes ``data`` as JSON to ``path`` through a temporary file and one rename."""
+@contextlib.contextmanager
+def atomic_file(
+    path: str | os.PathLike[str], *, sources: Sources = (), what: str = "the output file"
+) -> Iterator[Path]:
+    """Yields a temporary sibling of ``path`` to write; on success it replaces ``path`` in one
+    rename, on failure it and any parent folders this call created are removed."""
     path = Path(path)
-    check_file_destination(path, sources=sources)
+    check_file_destination(path, sources=sources, what=what)
     created = _make_parents(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:_NAME_ROOM]}.", dir=path.parent)
     except OSError as exc:
         _remove_parents(created)
         raise OutputExistsError(f"{path}: cannot write: {exc.strerror}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        yield Path(tmp)
         apply_umask(tmp, 0o666)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         _remove_parents(created)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, sources: Sources = ()) -> None:
+    """Writes ``data`` as JSON to ``path`` through a temporary file and one rename."""
+    with atomic_file(path, sources=sources, what="the JSON file") as tmp:
+        with open(tmp, "w") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")

@@ -1,15 +1,20 @@
-"""What a score knows of a module beyond its unit parts, read from the checkpoint."""
+"""What a score knows of a module beyond its unit parts, read from the checkpoint (and, for the
+activation model of method obs, from a statistics file or the Gaussian model)."""
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 
 import numpy as np
 
+from ..errors import InvalidArgumentError
 from ..io.checkpoint import Checkpoint
+from ..io.stats import ActivationStats
 from ..models.registry import family_of
-from ..models.units import ModuleSpec
+from ..models.units import ModuleSpec, UnitParts
 from .gaussian import ModuleContext
+from .refit import activation_covariance
 
 
 def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
@@ -23,3 +28,25 @@ def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
     bias = ckpt.f32(f"{norm}.bias").astype(np.float64)
     return replace(base, norm_weight=weight, norm_bias=bias)
+
+
+def module_seed(seed: int, name: str) -> int:
+    """A stable per-module seed (the synthetic inputs of a refit differ between modules)."""
+    return (seed << 32) ^ zlib.crc32(name.encode())
+
+
+def with_moments(
+    ctx: ModuleContext, spec: ModuleSpec, parts: UnitParts, stats: ActivationStats | None, seed: int
+) -> ModuleContext:
+    """``ctx`` with the FFN activations' (mean, covariance): measured (``stats``) or, without
+    statistics, under the Gaussian LayerNorm model (seeded synthetic inputs, :mod:`.refit`)."""
+    if stats is None:
+        return replace(ctx, moments=activation_covariance(parts, ctx, module_seed(seed, spec.name)))
+    found = stats.modules.get(spec.name)
+    if found is None:
+        raise InvalidArgumentError(f"{stats.source or 'the statistics file'}: no statistics for module {spec.name}")
+    if found.mean.shape[0] != spec.n_units:
+        raise InvalidArgumentError(
+            f"statistics for {spec.name} have {found.mean.shape[0]} neurons, the checkpoint {spec.n_units}"
+        )
+    return replace(ctx, moments=(found.mean, found.cov), stream_variance=found.stream_variance)

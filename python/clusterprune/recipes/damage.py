@@ -102,6 +102,53 @@ def stream_variances(ckpt: Checkpoint, modules: list[ModuleSpec], scores: dict[s
     return out
 
 
+def _spend(
+    rows: list[tuple[float, int, int, float, int]], modules: int, remove_units: int | None, remove_params: float | None
+) -> tuple[list[int], list[float]]:
+    """Units removed per module and their summed damage: ``rows`` (damage per cost, module,
+    rank, damage, parameters per unit) taken in increasing order until the budget is met; within
+    a module the ranks must come in order (a module's rows are nondecreasing in damage per cost)."""
+    rows = sorted(rows)
+    removed = [0] * modules
+    errors = [0.0] * modules
+    spent = 0.0
+    goal = float(remove_units) if remove_units is not None else float(remove_params or 0.0)
+    for _, mi, _, dmg, ppu in rows:
+        if spent >= goal - 1e-9:
+            break
+        removed[mi] += 1
+        errors[mi] += dmg
+        spent += 1.0 if remove_units is not None else ppu
+    return removed, errors
+
+
+def error_plan(
+    pool: list[ModuleSpec],
+    curves: dict[str, np.ndarray],
+    stream: dict[str, float],
+    *,
+    remove_params: float | None = None,
+    remove_units: int | None = None,
+) -> Damage:
+    """K per pool module from the removal-error curves of method obs (``curves[name][r]``: the
+    module's output error after removing r + 1 neurons): the damage of a module's next removal is
+    its error increment over the variance of the residual stream it writes into, per unit or per
+    parameter. Increments are made nondecreasing (running maximum) so every module's removals are
+    taken in its own order; at most len(curve) neurons leave a module."""
+    rows = []
+    for mi, spec in enumerate(pool):
+        inc = np.diff(np.concatenate([[0.0], curves[spec.name]])) / stream[spec.name]
+        inc = np.maximum.accumulate(np.maximum(inc, 0.0))
+        cost = 1.0 if remove_units is not None else float(spec.params_per_unit)
+        rows += [(float(d) / cost, mi, r, float(d), spec.params_per_unit) for r, d in enumerate(inc)]
+    removed, errors = _spend(rows, len(pool), remove_units, remove_params)
+    return Damage(
+        ks={s.name: s.n_units - r for s, r in zip(pool, removed, strict=True)},
+        errors={s.name: e for s, e in zip(pool, errors, strict=True)},
+        stream={s.name: stream[s.name] for s in pool},
+    )
+
+
 def damage_plan(
     ckpt: Checkpoint,
     modules: list[ModuleSpec],
@@ -122,17 +169,7 @@ def damage_plan(
         order = np.argsort(damage, kind="stable")
         for rank, ui in enumerate(order[:-1]):  # the best unit of every module stays
             rows.append((float(damage[ui]) / cost, mi, rank, float(damage[ui]), spec.params_per_unit))
-    rows.sort()
-    removed = [0] * len(pool)
-    errors = [0.0] * len(pool)
-    spent = 0.0
-    goal = float(remove_units) if remove_units is not None else float(remove_params or 0.0)
-    for _, mi, _, dmg, ppu in rows:
-        if spent >= goal - 1e-9:
-            break
-        removed[mi] += 1
-        errors[mi] += dmg
-        spent += 1.0 if remove_units is not None else ppu
+    removed, errors = _spend(rows, len(pool), remove_units, remove_params)
     return Damage(
         ks={s.name: s.n_units - r for s, r in zip(pool, removed, strict=True)},
         errors={s.name: e for s, e in zip(pool, errors, strict=True)},

@@ -26,6 +26,8 @@ class ModuleContext:
     kind: str = "ffn"
     unit_rows: int = 1
     tokens: int | None = None  # typical number of attended tokens (attention modules)
+    moments: tuple[np.ndarray, np.ndarray] | None = None  # (mean, covariance) of the FFN activations
+    stream_variance: float | None = None  # of the residual stream entering the module's LayerNorm
 
     def require_norm(self, what: str) -> tuple[np.ndarray, np.ndarray]:
         if self.norm_weight is None or self.norm_bias is None:

@@ -1,0 +1,195 @@
+"""Self-generated activation statistics: the synthesiser, the statistics file, collection on a
+real-format model, and compress reading them (without torch)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import clusterprune
+from clusterprune.activations.synth import RATE, clip_lengths, synthesize
+from clusterprune.errors import ClusterpruneError, CorruptCheckpointError, InvalidArgumentError
+from clusterprune.io.stats import ActivationStats, ModuleStats, load_stats
+
+
+def test_synthesis_is_seeded_bounded_and_speech_band():
+    a, b, c = synthesize(3.0, 5), synthesize(3.0, 5), synthesize(3.0, 6)
+    assert a.dtype == np.float32 and a.shape == (3 * RATE,)
+    assert a.tobytes() == b.tobytes() and a.tobytes() != c.tobytes()
+    assert np.all(np.isfinite(a)) and float(np.max(np.abs(a))) < 1.0
+    spec = np.abs(np.fft.rfft(a.astype(np.float64))) ** 2
+    freq = np.fft.rfftfreq(a.size, 1.0 / RATE)
+    assert spec[(freq > 80) & (freq < 4000)].sum() > 0.6 * spec.sum()  # voiced speech energy band
+    frames = a[: a.size // 400 * 400].reshape(-1, 400)
+    level = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+    assert level.max() > 10 * np.median(level[level > 0]) or (level < 0.1 * level.max()).any()  # syllables
+    lengths = clip_lengths(50, 0)
+    assert lengths == clip_lengths(50, 0) and 2.0 <= min(lengths) and max(lengths) <= 16.0
+
+
+def _stats(n: int = 4) -> ActivationStats:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, n))
+    return ActivationStats(
+        {"m.ffn": ModuleStats(x.mean(axis=0), np.cov(x.T, bias=True), 30, 2.5)}, "src", "abc", {"clips": 1}
+    )
+
+
+def test_statistics_file_round_trip_and_refusals(tmp_path):
+    st = _stats()
+    st.save(tmp_path / "s.safetensors")
+    back = load_stats(tmp_path / "s.safetensors")
+    assert back.digest == "abc" and back.settings == {"clips": 1}
+    m, m0 = back.modules["m.ffn"], st.modules["m.ffn"]
+    assert m.mean.tobytes() == m0.mean.tobytes() and m.cov.tobytes() == m0.cov.tobytes()
+    assert m.count == 30 and m.stream_variance == 2.5
+    with pytest.raises(InvalidArgumentError, match="no such statistics file"):
+        load_stats(tmp_path / "missing.safetensors")
+    model = tmp_path / "w.safetensors"
+    from clusterprune.io.safetensors import SafetensorsWriter
+
+    w = SafetensorsWriter(model, [("x", "F32", (2,))])
+    w.write("x", np.zeros(2, dtype=np.float32))
+    w.close()
+    with pytest.raises(CorruptCheckpointError, match="not a clusterprune statistics file"):
+        load_stats(model)
+    bad = _stats()
+    bad.modules["m.ffn"].cov[0, 0] = np.nan
+    bad.save(tmp_path / "nan.safetensors")
+    with pytest.raises(CorruptCheckpointError, match=r"m\.ffn\.cov holds NaN"):
+        load_stats(tmp_path / "nan.safetensors")
+
+
+def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
+    from clusterprune.io import safetensors as st_mod
+
+    def boom(self, name, data):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(st_mod.SafetensorsWriter, "write", boom)
+    with pytest.raises(OSError):
+        _stats().save(tmp_path / "out" / "s.safetensors")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def selfgen_stats(trainable, tmp_path_factory):
+    """Statistics of the small random Whisper (tiny.en's processor and generation config)."""
+    pytest.importorskip("torch")
+    out = tmp_path_factory.mktemp("selfgen") / "w.stats.safetensors"
+    cmd = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out)]
+    run = subprocess.run(
+        [*cmd, "--clips", "2", "--decoder-samples", "2", "--probe-clips", "2"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "FFN modules" in run.stdout
+    return out
+
+
+def test_collected_statistics_are_consistent_and_deterministic(trainable, selfgen_stats, tmp_path):
+    st = load_stats(selfgen_stats)
+    assert set(st.modules) == {"model.encoder.layers.0.ffn", "model.decoder.layers.0.ffn"}
+    enc, dec = st.modules["model.encoder.layers.0.ffn"], st.modules["model.decoder.layers.0.ffn"]
+    assert enc.count == 2 * 1500  # every encoder frame of both 30 s windows
+    assert dec.count >= 2 * 2 * 2  # each sampled transcript: the prompt at least
+    for m in (enc, dec):
+        assert np.linalg.eigvalsh(m.cov).min() > -1e-6 * max(np.trace(m.cov), 1e-12)
+        assert m.stream_variance > 0
+    assert st.settings == {"clips": 2, "seed": 0, "decoder_samples": 2, "probe_clips": 2}
+    for m in (enc, dec):  # damage grows with the removed fraction (KL >= 0, measured)
+        assert m.fractions == (0.1, 0.2, 0.3, 0.45, 0.6) and len(m.damage) == 5
+        assert min(m.damage) >= 0 and m.damage[-1] > m.damage[0]
+    # the same command again: byte-identical file
+    again = tmp_path / "again.safetensors"
+    cmd = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(again)]
+    assert (
+        subprocess.run(
+            [*cmd, "--clips", "2", "--decoder-samples", "2", "--probe-clips", "2"], capture_output=True
+        ).returncode
+        == 0
+    )
+    assert again.read_bytes() == selfgen_stats.read_bytes()
+    # the encoder covariance equals a direct computation on the same synthetic clip
+    torch = pytest.importorskip("torch")
+    from clusterprune.models.hf import load_model
+
+    model, processor, _ = load_model(trainable["whisper"])
+    feats = [
+        processor.feature_extractor([synthesize(s, i)], sampling_rate=RATE, return_tensors="pt").input_features
+        for i, s in enumerate(clip_lengths(2, 0))
+    ]
+    layer = model.model.encoder.layers[0]
+    acts = []
+    hook = layer.fc1.register_forward_hook(lambda _m, _i, out: acts.append(torch.nn.functional.gelu(out)[0]))
+    with torch.no_grad():
+        for f in feats:
+            model.get_encoder()(f)
+    hook.remove()
+    a = torch.cat(acts).double().numpy()
+    np.testing.assert_allclose(enc.mean, a.mean(axis=0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(enc.cov, np.cov(a.T, bias=True), rtol=1e-4, atol=1e-6)
+
+
+def test_compress_reads_statistics_without_torch(trainable, selfgen_stats, tmp_path):
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
+        "from clusterprune.cli import main\n"
+        f"sys.exit(main(['compress', {str(trainable['whisper'])!r}, {str(tmp_path / 'out')!r}, '--recipe', "
+        f"'datafree-selfgen', '--stats', {str(selfgen_stats)!r}, '--sparsity', '0.25', '--quiet']))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = clusterprune.inspect(tmp_path / "out")["compression"]
+    assert record["recipe"]["activations"] == "selfgen"
+    plan = json.loads((tmp_path / "out" / "clusterprune_plan.json").read_text())
+    assert plan["activation_stats"]["digest"] == load_stats(selfgen_stats).digest
+
+
+def test_statistics_must_belong_to_the_weights(trainable, selfgen_stats, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(trainable["whisper"], other)
+    from clusterprune.io.safetensors import SafetensorsFile
+
+    with SafetensorsFile(other / "model.safetensors") as f:
+        names = list(f.tensors)
+    assert names
+    with open(other / "model.safetensors", "r+b") as fh:  # flip one byte of the weights
+        fh.seek(-1, 2)
+        last = fh.read(1)
+        fh.seek(-1, 2)
+        fh.write(bytes([last[0] ^ 1]))
+    with pytest.raises(InvalidArgumentError, match="other weights"):
+        clusterprune.compress(other, tmp_path / "o", "datafree-selfgen", sparsity=0.2, stats=selfgen_stats)
+    with pytest.raises(InvalidArgumentError, match="needs --stats"):
+        clusterprune.compress(trainable["whisper"], tmp_path / "o", "datafree-selfgen", sparsity=0.2)
+    with pytest.raises(InvalidArgumentError, match="activations selfgen only"):
+        clusterprune.compress(trainable["whisper"], tmp_path / "o", "datafree", sparsity=0.2, stats=selfgen_stats)
+    assert not (tmp_path / "o").exists()
+    assert issubclass(InvalidArgumentError, ClusterpruneError)
+
+
+def test_sensitivity_allocation_follows_the_measured_curves(trainable, selfgen_stats):
+    from clusterprune.io.checkpoint import Checkpoint
+    from clusterprune.models.registry import unit_map
+    from clusterprune.plan import damage_curve
+
+    st = load_stats(selfgen_stats)
+    plan = clusterprune.plan(
+        trainable["whisper"], "datafree-selfgen", sparsity=0.3, allocation="sensitivity", stats=selfgen_stats
+    )
+    assert sum(m.n_units - m.k for m in plan.modules) == round(0.3 * sum(m.n_units for m in plan.modules))
+    assert all(m.modelled_error is not None for m in plan.modules)
+    with Checkpoint(trainable["whisper"]) as ckpt:
+        specs = {s.name: s for s in unit_map(ckpt.config, set(ckpt.where)).modules}
+    for m in plan.modules:
+        curve = damage_curve(st, specs[m.name])
+        assert len(curve) == round(0.6 * m.n_units)  # up to the largest measured fraction
+        frac = st.modules[m.name].fractions[1]
+        assert curve[round(frac * m.n_units) - 1] == pytest.approx(st.modules[m.name].damage[1])
+    with pytest.raises(InvalidArgumentError, match="needs activations selfgen"):
+        clusterprune.make_recipe("datafree-obs", allocation="sensitivity")

@@ -84,7 +84,7 @@ def main() -> int:
         ax.set_xlabel("% of FFN neurons removed" if budget == "units" else "% of compressible weights removed")
         ax.set_ylabel("WER %")
         ax.set_ylim(0, 40)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
     fig.suptitle("whisper tiny.en, 150 LibriSpeech utterances")
     fig.tight_layout()
     fig.savefig(args.root / "wer_vs_sparsity.png", dpi=110)

@@ -153,7 +153,8 @@ def check_stats(recipe: Recipe, stats: ActivationStats | None, ckpt: Checkpoint)
         )
     if stats.digest != model_digest(ckpt.path):
         raise InvalidArgumentError(
-            f"{stats.source}: the statistics were made from other weights than {ckpt.path} (digest differs)"
+            f"{stats.file}: the statistics were made from other weights ({stats.source}) than {ckpt.path} "
+            "(digest differs)"
         )
     return stats
 
@@ -192,9 +193,7 @@ def damage_curve(stats: ActivationStats, spec: ModuleSpec) -> np.ndarray:
     at fraction f, as measured; 0 at r = 0)."""
     found = stats.modules.get(spec.name)
     if found is None or not found.fractions:
-        raise InvalidArgumentError(
-            f"{stats.source or 'the statistics file'}: no damage curve for {spec.name} (made with --probe-clips 0?)"
-        )
+        raise InvalidArgumentError(f"{stats.file}: no damage curve for {spec.name} (made with --probe-clips 0?)")
     points = [0, *(round(f * spec.n_units) for f in found.fractions)]
     return np.interp(np.arange(1, max(points) + 1), points, [0.0, *found.damage])
 

@@ -40,6 +40,7 @@ class ActivationStats:
     source: str = ""
     digest: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    file: str = "the statistics file"  # where it was read from (for messages)
 
     def provenance(self) -> dict[str, Any]:
         """What the output's record keeps of the statistics: where from, which weights, how made."""
@@ -125,4 +126,6 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
             modules[name] = ModuleStats(
                 arrays["mean"], arrays["cov"], int(info["count"]), float(info["stream_variance"]), fractions, damage
             )
-    return ActivationStats(modules, str(meta.get("source", "")), str(meta.get("digest", "")), meta.get("settings", {}))
+    return ActivationStats(
+        modules, str(meta.get("source", "")), str(meta.get("digest", "")), meta.get("settings", {}), str(path)
+    )

@@ -44,7 +44,7 @@ def with_moments(
         return replace(ctx, moments=activation_covariance(parts, ctx, module_seed(seed, spec.name)))
     found = stats.modules.get(spec.name)
     if found is None:
-        raise InvalidArgumentError(f"{stats.source or 'the statistics file'}: no statistics for module {spec.name}")
+        raise InvalidArgumentError(f"{stats.file}: no statistics for module {spec.name}")
     if found.mean.shape[0] != spec.n_units:
         raise InvalidArgumentError(
             f"statistics for {spec.name} have {found.mean.shape[0]} neurons, the checkpoint {spec.n_units}"

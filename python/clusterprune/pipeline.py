@@ -30,7 +30,7 @@ from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
 from .recipes.context import module_context, module_seed, with_moments
 from .recipes.gaussian import ModuleContext, expected_contribution
-from .recipes.obs import Removal, greedy_removal, output_variance
+from .recipes.obs import Removal, greedy_removal, output_variance, removal_labels
 from .recipes.refit import refit_consumer
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 from .recipes.repair import repair_scales, repaired
@@ -117,10 +117,7 @@ def group_units(
         removed = planned if planned is not None and len(planned.order) >= n - k else None
         removed = removed or greedy_removal(ctx.moments[1], consumer, n - k)
         removed = Removal(removed.order[: n - k], removed.errors[: n - k])
-        labels = np.zeros(n, dtype=np.int64)
-        labels[removed.order] = -1
-        keep = np.flatnonzero(labels >= 0)
-        labels[keep] = np.arange(len(keep))
+        labels = removal_labels(removed.order, n)
         full = output_variance(ctx.moments[1], consumer)
         rel = float(removed.errors[-1]) / full if len(removed.errors) and full > 0 else 0.0
         return labels, rel, 0, "-"

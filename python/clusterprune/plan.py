@@ -26,9 +26,9 @@ from .io.resolve import resolve_model
 from .io.stats import ActivationStats, model_digest
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
-from .models.units import ModuleSpec, to_units
+from .models.units import ModuleSpec, blocks, to_units
 from .recipes.context import module_context, with_moments
-from .recipes.damage import damage_plan, error_plan, stream_variances, unit_scores
+from .recipes.damage import Damage, damage_plan, error_plan, stream_variances, unit_scores
 from .recipes.obs import Removal, greedy_removal
 from .recipes.registries import FEATURES
 
@@ -167,8 +167,8 @@ def removal_curves(
     seed: int,
     sparsity: float,
 ) -> tuple[dict[str, Removal], dict[str, float]]:
-    """Every pool module's method-obs removal order and error curve, up to CURVE_REACH times the mean sparsity of
-    its units, and the variance of the residual stream it writes into: measured with ``stats``,
+    """Every pool module's method-obs removal order and error curve, up to CURVE_REACH times the
+    mean sparsity of its units, and the variance of the residual stream it writes into: measured with ``stats``,
     else modelled (:func:`clusterprune.recipes.damage.stream_variances`)."""
     curves: dict[str, Removal] = {}
     stream: dict[str, float] = {}
@@ -176,7 +176,7 @@ def removal_curves(
         parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
         ctx = with_moments(module_context(ckpt, spec), spec, parts, stats, seed)
         assert ctx.moments is not None
-        (consumer,) = [m for p, m in parts if p.role == "consumer"]
+        (consumer,) = blocks(parts, ("consumer",))
         steps = math.ceil(min(1.0, CURVE_REACH * sparsity) * spec.n_units)
         curves[spec.name] = greedy_removal(ctx.moments[1], consumer, steps)
         if ctx.stream_variance is not None:
@@ -256,23 +256,18 @@ def make_plan(
             if recipe.budget == "params"
             else {"remove_units": round(pool_sparsity * sum(pool_units))}
         )
+        joint: Damage | None = None
         if not pool:
             pool_ks: list[int] = []
         elif recipe.allocation == "damage":
-            damage = damage_plan(ckpt, list(umap.modules), pool, recipe.score, **target)
-            pool_ks = [damage.ks[s.name] for s in pool]
-            errors = damage.errors
+            joint = damage_plan(ckpt, list(umap.modules), pool, recipe.score, **target)
         elif recipe.allocation == "error":
             removals, stream = removal_curves(ckpt, list(umap.modules), pool, stats, seed, pool_sparsity)
-            damage = error_plan(pool, {n: r.errors for n, r in removals.items()}, stream, **target)
-            pool_ks = [damage.ks[s.name] for s in pool]
-            errors = damage.errors
+            joint = error_plan(pool, {n: r.errors for n, r in removals.items()}, stream, **target)
         elif recipe.allocation == "sensitivity":
             assert stats is not None
             curves = {s.name: damage_curve(stats, s) for s in pool}
-            damage = error_plan(pool, curves, {s.name: 1.0 for s in pool}, **target)
-            pool_ks = [damage.ks[s.name] for s in pool]
-            errors = damage.errors
+            joint = error_plan(pool, curves, {s.name: 1.0 for s in pool}, **target)
         elif recipe.allocation == "uniform":
             pool_ks = uniform_plan(pool_units, pool_sparsity)
         else:
@@ -282,6 +277,9 @@ def make_plan(
             pool_ks = variance_plan(
                 pool_units, [variances[s.name] for s in pool], groups, pool_sparsity, recipe.high_factor
             )
+        if joint is not None:
+            pool_ks = [joint.ks[s.name] for s in pool]
+            errors = joint.errors
         k_of = {s.name: k for s, k in zip(pool, pool_ks, strict=True)}
         k_of.update({s.name: s.n_units - recipe.remove_heads for s in fixed})
         units = [s.n_units for s in selected]

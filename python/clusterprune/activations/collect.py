@@ -29,7 +29,7 @@ from ..models.units import Part
 from ..models.whisper import quiet_transformers
 from ..progress import Progress
 from ..recipes.gaussian import ModuleContext
-from ..recipes.obs import greedy_removal
+from ..recipes.obs import greedy_removal, removal_labels
 from ..recipes.refit import refit_consumer
 from ..speech import SAMPLE_RATE
 from .synth import clip_lengths, synthesize
@@ -233,6 +233,7 @@ class _Probe:
     def __init__(self, torch: Any, model: Any, processor: Any, config: SelfGenConfig, seq2seq: bool) -> None:
         self.torch, self.model, self.seq2seq = torch, model, seq2seq
         self.inputs: list[tuple[Any, list[list[int]]]] = []
+        self.encoded: list[Any] = []  # the dense encoder's outputs (seq2seq)
         with torch.no_grad():
             for i, seconds in enumerate(clip_lengths(config.probe_clips, config.seed + PROBE_OFFSET)):
                 audio = synthesize(seconds, seed=(config.seed << 20) + PROBE_OFFSET + i)
@@ -243,16 +244,19 @@ class _Probe:
                     bound = _bound(model, seconds)
                     rows = sample_transcripts(torch, model, enc, config.decoder_samples, bound, PROBE_OFFSET + i)
                     self.inputs.append((feats, rows))
+                    self.encoded.append(enc)
                 else:
                     self.inputs.append((inputs.input_values, []))
-        self.reference = self._log_probs()
+        self.reference = self._log_probs(encoder_changed=False)
 
-    def _log_probs(self) -> list[Any]:
+    def _log_probs(self, encoder_changed: bool) -> list[Any]:
+        """The output log-probabilities on every probe input; the dense encoder outputs are reused
+        unless the perturbed module is in the encoder."""
         torch, out = self.torch, []
         with torch.no_grad():
-            for feats, rows in self.inputs:
+            for (feats, rows), dense in zip(self.inputs, self.encoded or [None] * len(self.inputs), strict=True):
                 if self.seq2seq:
-                    enc = self.model.get_encoder()(feats)
+                    enc = self.model.get_encoder()(feats) if encoder_changed else dense
                     for row in rows:
                         logits = self.model(encoder_outputs=enc, decoder_input_ids=torch.tensor([row])).logits
                         out.append(torch.log_softmax(logits[0].double(), dim=-1))
@@ -260,9 +264,9 @@ class _Probe:
                     out.append(torch.log_softmax(self.model(feats).logits[0].double(), dim=-1))
         return out
 
-    def kl(self) -> float:
+    def kl(self, encoder_changed: bool) -> float:
         total, count = 0.0, 0
-        for ref, new in zip(self.reference, self._log_probs(), strict=True):
+        for ref, new in zip(self.reference, self._log_probs(encoder_changed), strict=True):
             total += float((ref.exp() * (ref - new)).sum())
             count += ref.shape[0]
         return total / max(count, 1)
@@ -280,16 +284,14 @@ class _Probe:
         curve = []
         try:
             for fraction in FRACTIONS:
-                labels = np.zeros(n, dtype=np.int64)
-                labels[removal.order[: round(fraction * n)]] = -1
+                labels = removal_labels(removal.order[: round(fraction * n)], n)
                 kept = np.flatnonzero(labels >= 0)
-                labels[kept] = np.arange(len(kept))
                 rows, shift = refit_consumer([(Part("fc2", "consumer"), consumer)], labels, ctx, 0)
                 new = np.zeros_like(consumer)
                 new[kept] = rows
                 fc2.weight.data = torch.from_numpy(new.T.astype(np.float32)).contiguous()
                 fc2.bias.data = (bias.double() + torch.from_numpy(shift)).float()
-                curve.append(self.kl())
+                curve.append(self.kl(encoder_changed=not spec.module_type.startswith("decoder")))
                 bar.update(f"{spec.name} {fraction:.2f}")
         finally:
             fc2.weight.data, fc2.bias.data = weight, bias

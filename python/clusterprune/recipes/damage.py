@@ -102,6 +102,14 @@ def stream_variances(ckpt: Checkpoint, modules: list[ModuleSpec], scores: dict[s
     return out
 
 
+def _damage(pool: list[ModuleSpec], removed: list[int], errors: list[float], stream: dict[str, float]) -> Damage:
+    return Damage(
+        ks={s.name: s.n_units - r for s, r in zip(pool, removed, strict=True)},
+        errors={s.name: e for s, e in zip(pool, errors, strict=True)},
+        stream={s.name: stream[s.name] for s in pool},
+    )
+
+
 def _spend(
     rows: list[tuple[float, int, int, float, int]], modules: int, remove_units: int | None, remove_params: float | None
 ) -> tuple[list[int], list[float]]:
@@ -142,11 +150,7 @@ def error_plan(
         cost = 1.0 if remove_units is not None else float(spec.params_per_unit)
         rows += [(float(d) / cost, mi, r, float(d), spec.params_per_unit) for r, d in enumerate(inc)]
     removed, errors = _spend(rows, len(pool), remove_units, remove_params)
-    return Damage(
-        ks={s.name: s.n_units - r for s, r in zip(pool, removed, strict=True)},
-        errors={s.name: e for s, e in zip(pool, errors, strict=True)},
-        stream={s.name: stream[s.name] for s in pool},
-    )
+    return _damage(pool, removed, errors, stream)
 
 
 def damage_plan(
@@ -170,8 +174,4 @@ def damage_plan(
         for rank, ui in enumerate(order[:-1]):  # the best unit of every module stays
             rows.append((float(damage[ui]) / cost, mi, rank, float(damage[ui]), spec.params_per_unit))
     removed, errors = _spend(rows, len(pool), remove_units, remove_params)
-    return Damage(
-        ks={s.name: s.n_units - r for s, r in zip(pool, removed, strict=True)},
-        errors={s.name: e for s, e in zip(pool, errors, strict=True)},
-        stream={s.name: stream[s.name] for s in pool},
-    )
+    return _damage(pool, removed, errors, stream)

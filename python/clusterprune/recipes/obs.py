@@ -61,6 +61,15 @@ def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal
     return Removal(order, errors)
 
 
+def removal_labels(order: np.ndarray, n: int) -> np.ndarray:
+    """Labels of a removal: -1 for the neurons in ``order``, the kept ones numbered 0.. in index order."""
+    labels = np.zeros(n, dtype=np.int64)
+    labels[order] = -1
+    kept = np.flatnonzero(labels >= 0)
+    labels[kept] = np.arange(len(kept))
+    return labels
+
+
 def output_variance(cov: np.ndarray, consumer: np.ndarray) -> float:
     """tr(C^T S C): the variance the module adds to its output."""
     return float(np.sum(consumer * (cov @ consumer)))

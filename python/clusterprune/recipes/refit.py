@@ -46,7 +46,8 @@ def refit_consumer(
     """(new consumer rows of the kept neurons in label order (K, hidden), fc2 bias shift (hidden,)).
 
     Least squares: the kept neurons' activations f_K predict the full module's output f C; with
-    the covariance Sigma (``ctx.moments`` when given, else the Gaussian model's), X = (Sigma_KK)^-1 Sigma_K,all C and the bias absorbs the mean residual."""
+    the covariance Sigma (``ctx.moments`` when given, else the Gaussian model's),
+    X = (Sigma_KK)^-1 Sigma_K,all C and the bias absorbs the mean residual."""
     mean, cov = ctx.moments if ctx.moments is not None else activation_covariance(parts, ctx, seed)
     (consumer,) = blocks(parts, ("consumer",))
     kept = np.flatnonzero(labels >= 0)

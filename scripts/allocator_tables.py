@@ -1,6 +1,7 @@
 """Issue 15's tables and plot from the results of its sweeps and evaluations.
 
     python scripts/allocator_tables.py docs/allocator
+    python scripts/allocator_tables.py docs/allocator-base --title "whisper base, 150 LibriSpeech utterances"
 
 reads ``docs/allocator/*/results.json`` (``clusterprune sweep`` outputs) and
 ``docs/allocator/evals/*.json`` (``clusterprune eval --json`` of single models, each beside a
@@ -33,6 +34,7 @@ def _rows(root: Path) -> list[dict[str, Any]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", type=Path)
+    ap.add_argument("--title", default="whisper tiny.en, 150 LibriSpeech utterances", help="the plot's title")
     args = ap.parse_args()
     rows = _rows(args.root)
     dense = [r["wer"] for r in rows if r.get("method") == "dense"]
@@ -85,7 +87,7 @@ def main() -> int:
         ax.set_ylabel("WER %")
         ax.set_ylim(0, 40)
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("whisper tiny.en, 150 LibriSpeech utterances")
+    fig.suptitle(args.title)
     fig.tight_layout()
     fig.savefig(args.root / "wer_vs_sparsity.png", dpi=110)
     return 0

@@ -80,7 +80,6 @@ def test_recipe_defaults_round_trip_and_catalog():
         "datafree-heads",
         "datafree-joint",
         "datafree-obs",
-        "datafree-selfgen",
     } and not set(EXPERIMENTAL) & set(RECOMMENDED)
     for r in RECIPES.values():
         assert Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r

@@ -110,6 +110,11 @@ class Recipe:
             raise InvalidArgumentError("compensate and refit apply to removal (method magnitude) only")
         return checked
 
+    @property
+    def resolves_consumer(self) -> bool:
+        """Whether the kept FFN neurons' fc2 columns (and bias) are re-solved: refit, or method obs."""
+        return self.refit or self.method == "obs"
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -114,12 +114,12 @@ def group_units(
         if ctx.moments is None:
             raise InvalidArgumentError("method obs needs the module's activation moments")
         (consumer,) = blocks_of(parts, ("consumer",))
-        removed = planned if planned is not None and len(planned.order) >= n - k else None
-        removed = removed or greedy_removal(ctx.moments[1], consumer, n - k)
-        removed = Removal(removed.order[: n - k], removed.errors[: n - k])
-        labels = removal_labels(removed.order, n)
+        if planned is None or len(planned.order) < n - k:
+            planned = greedy_removal(ctx.moments[1], consumer, n - k)
+        errors = planned.errors[: n - k]
+        labels = removal_labels(planned.order[: n - k], n)
         full = output_variance(ctx.moments[1], consumer)
-        rel = float(removed.errors[-1]) / full if len(removed.errors) and full > 0 else 0.0
+        rel = float(errors[-1]) / full if len(errors) and full > 0 else 0.0
         return labels, rel, 0, "-"
     if recipe.method == "magnitude":
         keep = top_k(SCORES[recipe.score](parts, ctx), k)
@@ -244,7 +244,7 @@ def _compress_module(
         fixed = repaired(host, repair_scales(parts, labels, m.k, ctx), ctx)
         folded = [(p, xp.asarray(u)) for p, u in fixed]
     shift = None  # change of the consumer's bias that keeps the modelled mean output
-    if (recipe.refit or recipe.method == "obs") and spec.kind == "ffn" and m.k < m.n_units:
+    if recipe.resolves_consumer and spec.kind == "ffn" and m.k < m.n_units:
         new_consumer, shift = refit_consumer(parts, labels, ctx, module_seed(plan.seed, spec.name))
         folded = [(p, xp.asarray(new_consumer) if p.role == "consumer" else u) for p, u in folded]
     elif (recipe.compensate or recipe.refit) and m.k < m.n_units:
@@ -266,7 +266,7 @@ def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:
     """Every tensor compressing ``spec`` rewrites (its parts, and the consumer bias when the
     recipe compensates)."""
     names = [p.tensor for p in spec.parts]
-    if (recipe.compensate or recipe.refit or recipe.method == "obs") and spec.consumer_bias is not None:
+    if (recipe.compensate or recipe.resolves_consumer) and spec.consumer_bias is not None:
         names.append(spec.consumer_bias)
     return names
 

@@ -27,7 +27,7 @@ from .io.stats import ActivationStats, model_digest
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
 from .models.units import ModuleSpec, blocks, to_units
-from .recipes.context import module_context, with_moments
+from .recipes.context import module_context, module_parts, with_moments
 from .recipes.damage import Damage, damage_plan, error_plan, stream_variances, unit_scores
 from .recipes.obs import Removal, greedy_removal
 from .recipes.registries import FEATURES
@@ -173,7 +173,7 @@ def removal_curves(
     curves: dict[str, Removal] = {}
     stream: dict[str, float] = {}
     for spec in pool:
-        parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
+        parts = module_parts(ckpt, spec)
         ctx = with_moments(module_context(ckpt, spec), spec, parts, stats, seed)
         assert ctx.moments is not None
         (consumer,) = blocks(parts, ("consumer",))

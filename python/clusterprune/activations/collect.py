@@ -131,8 +131,7 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
         bar = Progress(len(lengths), "self-generated inputs", progress)
         with torch.no_grad():
             for i, seconds in enumerate(lengths):
-                audio = synthesize(seconds, seed=(config.seed << 20) + i)
-                inputs = processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                inputs = _clip_inputs(processor, config, i, seconds)
                 if seq2seq:
                     _forward_seq2seq(torch, model, recorder, inputs.input_features, seconds, config, i)
                 else:
@@ -159,6 +158,17 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
             "probe_clips": config.probe_clips,
         },
     )
+
+
+def _clip_inputs(processor: Any, config: SelfGenConfig, index: int, seconds: float) -> Any:
+    """The model's input features of synthetic clip ``index`` (statistics clips 0.., probe clips
+    PROBE_OFFSET..): one seed scheme for the audio and, :func:`_sample_seed`, the transcripts."""
+    audio = synthesize(seconds, seed=(config.seed << 20) + index)
+    return processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+
+
+def _sample_seed(config: SelfGenConfig, index: int) -> int:
+    return (config.seed << 24) + index
 
 
 def _prompt(model: Any) -> list[int]:
@@ -218,7 +228,7 @@ def _forward_seq2seq(
     recorder.active = False
     try:
         bound = _bound(model, seconds)
-        rows = sample_transcripts(torch, model, encoder_out, config.decoder_samples, bound, (config.seed << 24) + clip)
+        rows = sample_transcripts(torch, model, encoder_out, config.decoder_samples, bound, _sample_seed(config, clip))
     finally:
         recorder.active = True
     for row in rows:
@@ -236,13 +246,13 @@ class _Probe:
         self.encoded: list[Any] = []  # the dense encoder's outputs (seq2seq)
         with torch.no_grad():
             for i, seconds in enumerate(clip_lengths(config.probe_clips, config.seed + PROBE_OFFSET)):
-                audio = synthesize(seconds, seed=(config.seed << 20) + PROBE_OFFSET + i)
-                inputs = processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+                inputs = _clip_inputs(processor, config, PROBE_OFFSET + i, seconds)
                 if seq2seq:
                     feats = inputs.input_features
                     enc = model.get_encoder()(feats)
                     bound = _bound(model, seconds)
-                    rows = sample_transcripts(torch, model, enc, config.decoder_samples, bound, PROBE_OFFSET + i)
+                    seed = _sample_seed(config, PROBE_OFFSET + i)
+                    rows = sample_transcripts(torch, model, enc, config.decoder_samples, bound, seed)
                     self.inputs.append((feats, rows))
                     self.encoded.append(enc)
                 else:

@@ -36,15 +36,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from .. import selfgen
-    from ..errors import OutputExistsError
     from ..io.resolve import resolve_model
 
     model = resolve_model(args.model)
-    if Path(args.out).exists() and not args.overwrite:
-        raise OutputExistsError(f"{args.out}: exists (use --overwrite to replace it)")
     stats = selfgen(
         model,
         args.out,
@@ -53,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
         probe_clips=args.probe_clips,
         seed=args.seed,
         progress=args.progress,
+        overwrite=args.overwrite,
     )
     counts = sorted({m.count for m in stats.modules.values()})
     print(f"wrote {args.out}: {len(stats.modules)} FFN modules, {counts[0]}-{counts[-1]} positions each")

@@ -12,7 +12,7 @@ from ..errors import InvalidArgumentError
 from ..io.checkpoint import Checkpoint
 from ..io.stats import ActivationStats
 from ..models.registry import family_of
-from ..models.units import ModuleSpec, UnitParts
+from ..models.units import ModuleSpec, UnitParts, to_units
 from .gaussian import ModuleContext
 from .refit import activation_covariance
 
@@ -28,6 +28,11 @@ def module_context(ckpt: Checkpoint, spec: ModuleSpec) -> ModuleContext:
     weight = ckpt.f32(f"{norm}.weight").astype(np.float64)
     bias = ckpt.f32(f"{norm}.bias").astype(np.float64)
     return replace(base, norm_weight=weight, norm_bias=bias)
+
+
+def module_parts(ckpt: Checkpoint, spec: ModuleSpec) -> UnitParts:
+    """The module's parts as float64 unit matrices (one row per unit)."""
+    return [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
 
 
 def module_seed(seed: int, name: str) -> int:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..io.checkpoint import Checkpoint
-from ..models.units import ModuleSpec, to_units
-from .context import module_context
+from ..models.units import ModuleSpec
+from .context import module_context, module_parts
 from .gaussian import activation_moments
 from .registries import SCORES
 
@@ -39,8 +39,7 @@ class Damage:
 
 
 def unit_scores(ckpt: Checkpoint, spec: ModuleSpec, score: str) -> np.ndarray:
-    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p).astype(np.float64)) for p in spec.parts]
-    return np.asarray(SCORES[score](parts, module_context(ckpt, spec)), dtype=np.float64)
+    return np.asarray(SCORES[score](module_parts(ckpt, spec), module_context(ckpt, spec)), dtype=np.float64)
 
 
 def _mean_sq_rows(ckpt: Checkpoint, name: str) -> float:

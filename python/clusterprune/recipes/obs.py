@@ -47,8 +47,10 @@ def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal
     total = 0.0
     for step in range(steps):
         diag = np.diag(p)
-        cost = np.where(alive, np.sum(w * w, axis=1) / np.where(alive, np.maximum(diag, 1e-300), 1.0), np.inf)
-        j = int(np.argmin(cost))
+        with np.errstate(over="ignore"):  # a neuron the others cannot stand in for at all: infinite cost
+            cost = np.where(alive, np.sum(w * w, axis=1) / np.where(alive, np.maximum(diag, 1e-300), 1.0), np.inf)
+        candidates = np.flatnonzero(alive)  # a removed neuron is never chosen again, even if all costs are inf
+        j = int(candidates[np.argmin(cost[candidates])])
         total += float(cost[j])
         col = p[:, j] / p[j, j]
         w -= np.outer(col, w[j])

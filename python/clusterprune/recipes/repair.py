@@ -16,14 +16,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidArgumentError
-from ..models.units import Part, UnitParts
+from ..models.units import Part, UnitParts, blocks
 from .gaussian import ModuleContext
 
 
 def repair_scales(parts: UnitParts, labels: np.ndarray, k: int, ctx: ModuleContext) -> np.ndarray:
     """(K,) the factor s of every merged neuron (1 for single members and zero-variance merges)."""
     gamma, _ = ctx.require_norm("merge repair")
-    (w,) = [m for p, m in parts if p.role == "producer"]
+    (w,) = blocks(parts, ("producer",))
     wg = w * gamma[None, :]
     kept = labels >= 0
     sizes = np.bincount(labels[kept], minlength=k).astype(np.float64)
@@ -42,7 +42,7 @@ def repaired(
     """The folded parts with every merged neuron's producer rescaled and its bias moved so its
     modelled mean pre-activation is kept."""
     _, beta = ctx.require_norm("merge repair")
-    (w,) = [m for p, m in folded if p.role == "producer"]
+    (w,) = blocks(folded, ("producer",))
     if not any(p.role == "bias" for p, _ in folded):
         raise InvalidArgumentError("merge repair keeps each merged neuron's mean in fc1's bias; the module has none")
     shift = (1.0 - scales) * (w @ beta)

@@ -195,3 +195,47 @@ def test_sensitivity_allocation_follows_the_measured_curves(trainable, selfgen_s
         assert curve[round(frac * m.n_units) - 1] == pytest.approx(st.modules[m.name].damage[1])
     with pytest.raises(InvalidArgumentError, match="needs activations selfgen"):
         clusterprune.make_recipe("datafree-obs", allocation="sensitivity")
+
+
+def test_compression_ratio_is_whispers_zlib_ratio():
+    import zlib
+
+    from clusterprune.activations.collect import COMPRESSION_RATIO, compression_ratio
+
+    loop = "I'm gonna be right back to you, " * 6
+    sentence = "He hoped there would be stew for dinner, turnips and carrots and bruised potatoes."
+    for text in (loop, sentence):
+        assert compression_ratio(text) == len(text.encode()) / len(zlib.compress(text.encode()))
+    assert compression_ratio(loop) > COMPRESSION_RATIO > compression_ratio(sentence)
+    assert compression_ratio("") == 0.0
+
+
+def test_decoded_transcripts_follow_whispers_fallback(trainable, monkeypatch):
+    """Greedy when its text passes the repetition guard (every transcript the same); otherwise the
+    draws at 0.2, 0.4, ... 1.0 in turn, the last kept whatever it is."""
+    torch = pytest.importorskip("torch")
+    from clusterprune.activations import collect as C
+    from clusterprune.activations.collect import decoded_transcripts, sample_transcripts
+    from clusterprune.models.hf import load_model
+
+    model, processor, _ = load_model(trainable["whisper"])
+    feats = processor.feature_extractor([synthesize(3.0, 0)], sampling_rate=RATE, return_tensors="pt")
+    with torch.no_grad():
+        enc = model.get_encoder()(feats.input_features)
+
+        def decoded(seed: int) -> list[list[int]]:
+            return decoded_transcripts(
+                torch, model, processor.tokenizer, enc, 3, 12, torch.Generator().manual_seed(seed)
+            )
+
+        greedy = sample_transcripts(torch, model, enc, 1, 12, torch.Generator(), 0.0)[0]
+        monkeypatch.setattr(C, "COMPRESSION_RATIO", float("inf"))  # every text passes: greedy, 3 times
+        assert decoded(5) == [greedy] * 3
+        monkeypatch.setattr(C, "COMPRESSION_RATIO", -1.0)  # every text fails: the draws at 0.2 ... 1.0
+        generator = torch.Generator().manual_seed(5)
+        for temperature in C.TEMPERATURES[1:]:
+            expected = sample_transcripts(torch, model, enc, 3, 12, generator, temperature)
+        assert decoded(5) == expected and decoded(5) != decoded(6)
+    for row in [*expected, greedy]:
+        assert row[: len(C._prompt(model))] == C._prompt(model)
+        assert row[-1] == model.generation_config.eos_token_id or len(row) == len(C._prompt(model)) + 12

@@ -69,7 +69,6 @@ def selfgen(
     decoder_samples: int = 8,
     probe_clips: int = 8,
     seed: int = 0,
-    decoder_text: str = "sampled",
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> ActivationStats:
@@ -84,9 +83,7 @@ def selfgen(
     check_file_destination(out, sources=[model_dir], what="the statistics file")
     if Path(out).exists() and not overwrite:
         raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
-    stats = collect(
-        model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips, decoder_text), progress=progress
-    )
+    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips), progress=progress)
     stats.save(out)
     return stats
 

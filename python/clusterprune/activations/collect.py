@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import warnings
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,9 +35,6 @@ from ..speech import SAMPLE_RATE
 from .synth import clip_lengths, synthesize
 
 DECODER_SAMPLES = 8  # sampled transcripts per clip (decoder positions are few per clip)
-DECODER_TEXTS = ("sampled", "decoded")
-TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # Whisper's decoding fallback schedule (Radford et al. 2022)
-COMPRESSION_RATIO = 2.4  # Whisper's repetition guard: a transcript whose text zlib-compresses more is a loop
 FRACTIONS = (0.1, 0.2, 0.3, 0.45, 0.6)  # removal fractions at which each module's damage is measured
 PROBE_OFFSET = 1 << 19  # probe clips' seeds: disjoint from the statistics clips' seeds
 
@@ -49,13 +45,6 @@ class SelfGenConfig:
     seed: int = field(default=0, metadata={"help": "seed of the synthesis and of the sampled transcripts"})
     decoder_samples: int = field(default=DECODER_SAMPLES, metadata={"help": "sampled transcripts per clip"})
     probe_clips: int = field(default=8, metadata={"help": "further clips on which each module's damage is measured"})
-    decoder_text: str = field(
-        default="sampled",
-        metadata={
-            "help": "sampled: transcripts sampled at temperature 1; decoded: Whisper's fallback decoding "
-            "(greedy, then temperatures 0.2-1.0 while the text repeats itself: compression ratio above 2.4)"
-        },
-    )
 
 
 class _Recorder:
@@ -118,8 +107,6 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
 
     if config.clips < 1 or config.decoder_samples < 1 or config.probe_clips < 0:
         raise InvalidArgumentError("--clips and --decoder-samples must be at least 1, --probe-clips at least 0")
-    if config.decoder_text not in DECODER_TEXTS:
-        raise InvalidArgumentError(f"--decoder-text {config.decoder_text!r} is not one of {', '.join(DECODER_TEXTS)}")
     path = Path(model_dir)
     with Checkpoint(path) as ckpt:
         specs = [s for s in unit_map(ckpt.config, set(ckpt.where)).modules if s.kind == "ffn"]
@@ -146,7 +133,7 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
             for i, seconds in enumerate(lengths):
                 inputs = _clip_inputs(processor, config, i, seconds)
                 if seq2seq:
-                    _forward_seq2seq(torch, model, processor, recorder, inputs.input_features, seconds, config, i)
+                    _forward_seq2seq(torch, model, recorder, inputs.input_features, seconds, config, i)
                 else:
                     model(inputs.input_values)
                 bar.update(f"{seconds:.1f} s")
@@ -169,7 +156,6 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
             "seed": config.seed,
             "decoder_samples": config.decoder_samples,
             "probe_clips": config.probe_clips,
-            **({"decoder_text": config.decoder_text} if config.decoder_text != "sampled" else {}),
         },
     )
 
@@ -198,17 +184,16 @@ def _prompt(model: Any) -> list[int]:
     return prompt
 
 
-def sample_transcripts(
-    torch: Any, model: Any, encoder_out: Any, count: int, bound: int, generator: Any, temperature: float = 1.0
-) -> list[list[int]]:
-    """``count`` transcripts sampled from the model at ``temperature`` (0: greedy; text tokens and
+def sample_transcripts(torch: Any, model: Any, encoder_out: Any, count: int, bound: int, seed: int) -> list[list[int]]:
+    """``count`` transcripts sampled from the model at temperature 1 (text tokens and
     <|endoftext|> only; the config's suppressed tokens never), each cut at its first
-    <|endoftext|> or at ``bound`` new tokens. A seeded torch ``generator``: reproducible."""
+    <|endoftext|> or at ``bound`` new tokens. A seeded torch generator: reproducible."""
     gen = model.generation_config
     eot = int(gen.eos_token_id)
     logits_mask = torch.zeros(model.config.vocab_size, dtype=torch.bool)
     logits_mask[eot + 1 :] = True  # special tokens other than <|endoftext|>
     logits_mask[list(gen.suppress_tokens or [])] = True
+    generator = torch.Generator().manual_seed(seed)
     prompt = _prompt(model)
     rows = [list(prompt) for _ in range(count)]
     hidden = encoder_out.last_hidden_state.expand(count, -1, -1)
@@ -223,10 +208,7 @@ def sample_transcripts(
         logits = out.logits[:, -1].float().masked_fill(logits_mask, float("-inf"))
         if step == 0:
             logits[:, list(gen.begin_suppress_tokens or [])] = float("-inf")
-        if temperature == 0.0:
-            nxt = logits.argmax(dim=-1)
-        else:
-            nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator)[:, 0]
+        nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
         for i in range(count):
             if not done[i]:
                 rows[i].append(int(nxt[i]))
@@ -237,68 +219,16 @@ def sample_transcripts(
     return rows
 
 
-def compression_ratio(text: str) -> float:
-    """Whisper's repetition measure: the text's length over its zlib-compressed length."""
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
-
-
-def decoded_transcripts(
-    torch: Any, model: Any, tokenizer: Any, encoder_out: Any, count: int, bound: int, generator: Any
-) -> list[list[int]]:
-    """``count`` transcripts as Whisper's fallback decoding writes them: greedy first, and every
-    transcript whose text repeats itself (compression ratio above 2.4) drawn again at the next
-    temperature of 0.2-1.0 (the last draw kept whatever it is). Greedy is one transcript, counted
-    ``count`` times when it passes, as the decoding would write it every time."""
-    done: dict[int, list[int]] = {}
-    pending = list(range(count))
-    for step, temperature in enumerate(TEMPERATURES):
-        if temperature == 0.0:
-            rows = sample_transcripts(torch, model, encoder_out, 1, bound, generator, 0.0) * len(pending)
-        else:
-            rows = sample_transcripts(torch, model, encoder_out, len(pending), bound, generator, temperature)
-        last = step == len(TEMPERATURES) - 1
-        retry = []
-        for i, row in zip(pending, rows, strict=True):
-            if last or compression_ratio(tokenizer.decode(row, skip_special_tokens=True)) <= COMPRESSION_RATIO:
-                done[i] = row
-            else:
-                retry.append(i)
-        pending = retry
-        if not pending:
-            break
-    return [done[i] for i in range(count)]
-
-
-def _transcripts(
-    torch: Any, model: Any, processor: Any, encoder_out: Any, seconds: float, config: SelfGenConfig, index: int
-) -> list[list[int]]:
-    """The decoder inputs of clip ``index``: ``decoder_samples`` transcripts the model writes itself."""
-    bound = _bound(model, seconds)
-    generator = torch.Generator().manual_seed(_sample_seed(config, index))
-    if config.decoder_text == "decoded":
-        return decoded_transcripts(
-            torch, model, processor.tokenizer, encoder_out, config.decoder_samples, bound, generator
-        )
-    return sample_transcripts(torch, model, encoder_out, config.decoder_samples, bound, generator)
-
-
 def _forward_seq2seq(
-    torch: Any,
-    model: Any,
-    processor: Any,
-    recorder: _Recorder,
-    feats: Any,
-    seconds: float,
-    config: SelfGenConfig,
-    clip: int,
+    torch: Any, model: Any, recorder: _Recorder, feats: Any, seconds: float, config: SelfGenConfig, clip: int
 ) -> None:
-    """The encoder's frames recorded once; the model writes ``decoder_samples`` transcripts of the
+    """The encoder's frames recorded once; the model samples ``decoder_samples`` transcripts of the
     clip (not recorded), then each is teacher-forced through the decoder (recorded)."""
     encoder_out = model.get_encoder()(feats)
     recorder.active = False
     try:
-        rows = _transcripts(torch, model, processor, encoder_out, seconds, config, clip)
+        bound = _bound(model, seconds)
+        rows = sample_transcripts(torch, model, encoder_out, config.decoder_samples, bound, _sample_seed(config, clip))
     finally:
         recorder.active = True
     for row in rows:
@@ -320,7 +250,9 @@ class _Probe:
                 if seq2seq:
                     feats = inputs.input_features
                     enc = model.get_encoder()(feats)
-                    rows = _transcripts(torch, model, processor, enc, seconds, config, PROBE_OFFSET + i)
+                    bound = _bound(model, seconds)
+                    seed = _sample_seed(config, PROBE_OFFSET + i)
+                    rows = sample_transcripts(torch, model, enc, config.decoder_samples, bound, seed)
                     self.inputs.append((feats, rows))
                     self.encoded.append(enc)
                 else:

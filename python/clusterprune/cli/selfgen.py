@@ -21,14 +21,6 @@ def register(sub: Any) -> None:
     c.add_argument("--clips", type=int, default=64, help="synthetic clips of 2-16 s (default 64)")
     c.add_argument("--decoder-samples", type=int, default=8, help="sampled transcripts per clip (default 8)")
     c.add_argument(
-        "--decoder-text",
-        choices=("sampled", "decoded"),
-        default="sampled",
-        help="how the model writes its transcripts: sampled at temperature 1, or decoded as Whisper decodes "
-        "(greedy, then temperatures 0.2-1.0 while the text repeats itself: compression ratio above 2.4) "
-        "(default sampled)",
-    )
-    c.add_argument(
         "--probe-clips",
         type=int,
         default=8,
@@ -55,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
         decoder_samples=args.decoder_samples,
         probe_clips=args.probe_clips,
         seed=args.seed,
-        decoder_text=args.decoder_text,
         progress=args.progress,
         overwrite=args.overwrite,
     )

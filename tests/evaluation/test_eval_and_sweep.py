@@ -12,6 +12,7 @@ import pytest
 
 from clusterprune import cli
 from clusterprune.errors import CheckpointNotFoundError, CorruptCheckpointError
+from clusterprune.evaluation.evaluate import utterance_errors
 from conftest import LIBRISPEECH, librispeech_copy, needs_data, needs_package
 
 torch = pytest.importorskip("torch")
@@ -45,11 +46,26 @@ def test_eval_json_and_compressed_checkpoints(tiny_en, tmp_path, capsys):
     assert dense["num_utterances"] == 4 and dense["wer"] < 0.25
     assert all({"id", "reference", "hypothesis"} <= set(u) for u in dense["utterances"])
     assert "WER" in capsys.readouterr().out
+    per = utterance_errors(dense)
+    assert set(per) == {u["id"] for u in dense["utterances"]}
+    assert sum(per.values()) == dense["substitutions"] + dense["deletions"] + dense["insertions"]
     # a folded checkpoint at sparsity 0 transcribes exactly like the dense one
     args = ["compress", str(tiny_en), str(tmp_path / "f0"), "--sparsity", "0", "--export", "folded", "--quiet"]
     assert cli.main(args) == 0
     folded = _eval_json(tmp_path / "f0", tmp_path / "f0.json")
     assert [u["hypothesis"] for u in folded["utterances"]] == [u["hypothesis"] for u in dense["utterances"]]
+
+
+def test_utterance_errors_count_each_utterance_after_normalising():
+    result = {
+        "utterances": [
+            {"id": "a", "reference": "THE CAT SAT", "hypothesis": "The dog sat down."},  # 1 sub + 1 ins
+            {"id": "b", "reference": "HELLO THERE", "hypothesis": "Hello, there!"},
+            {"id": "c", "reference": "", "hypothesis": "noise"},  # not scored, as in evaluate
+            {"id": "d", "reference": "RED GREEN BLUE", "hypothesis": ""},  # 3 deletions
+        ]
+    }
+    assert utterance_errors(result) == {"a": 2, "b": 0, "d": 3}
 
 
 @needs_package

@@ -103,3 +103,19 @@ def evaluate(
             for u, h, hit in zip(utts, hyps, hits, strict=True)
         ],
     }
+
+
+def utterance_errors(result: dict[str, Any]) -> dict[str, int]:
+    """Word errors (substitutions + deletions + insertions) of every utterance of an
+    :func:`evaluate` result, through the same normaliser; they sum to the result's totals."""
+    import jiwer
+
+    norm = _normalizer()
+    errors: dict[str, int] = {}
+    for u in result["utterances"]:
+        ref, hyp = norm(u["reference"]), norm(u["hypothesis"])
+        if not ref.strip():
+            continue  # not scored, as in evaluate
+        out = jiwer.process_words(ref, hyp)
+        errors[u["id"]] = out.substitutions + out.deletions + out.insertions
+    return errors

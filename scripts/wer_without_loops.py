@@ -13,15 +13,29 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from clusterprune.evaluation.evaluate import utterance_errors
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """One eval JSON, or a one-line exit naming the file and what is wrong."""
+    try:
+        result = json.loads(path.read_text())
+        if not all({"id", "reference", "hypothesis", "hit_length_bound"} <= set(u) for u in result["utterances"]):
+            raise KeyError("utterances[].id/reference/hypothesis/hit_length_bound")
+        return result
+    except OSError as exc:
+        raise SystemExit(f"{path}: cannot be read ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"{path}: not a `clusterprune eval --json` result ({exc})") from None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, nargs="+", help="clusterprune eval --json files of the same utterances")
     args = ap.parse_args()
-    results = {p: json.loads(p.read_text()) for p in args.results}
+    results = {p: _read(p) for p in args.results}
     ids = {p: [u["id"] for u in r["utterances"]] for p, r in results.items()}
     first = next(iter(ids.values()))
     for p, found in ids.items():

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,23 @@ def test_utterance_errors_count_each_utterance_after_normalising():
         ]
     }
     assert utterance_errors(result) == {"a": 2, "b": 0, "d": 3}
+
+
+def test_wer_without_loops_reproduces_the_readme_numbers(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "docs" / "allocator" / "diagnostics").glob("*.json"))
+    script = [sys.executable, str(root / "scripts" / "wer_without_loops.py")]
+    run = subprocess.run([*script, *map(str, files)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "at the length bound in any: 1998-15444-0000, 367-130732-0003" in run.stdout
+    assert "| selfgen-20-samples32.json | 17.81 | 512 | [16, 134] | 362 |" in run.stdout
+    assert "| selfgen-20-default.json | 14.26 | 410 | [16, 18] | 376 |" in run.stdout
+    (tmp_path / "bad.json").write_text("{}")
+    bad = subprocess.run([*script, str(files[0]), str(tmp_path / "bad.json")], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.strip().endswith(
+        "bad.json: not a `clusterprune eval --json` result ('utterances')"
+    )
+    assert "Traceback" not in bad.stderr
 
 
 @needs_package

@@ -75,14 +75,11 @@ def selfgen(
     """Activation statistics of the dense model on self-generated inputs, written to ``out``
     (needs torch + transformers; see ``clusterprune selfgen --help``); an existing ``out`` is
     replaced only with ``overwrite`` (checked before the work)."""
-    from pathlib import Path
-
-    from .activations.collect import SelfGenConfig, collect
     from .io.output import check_file_destination
 
-    check_file_destination(out, sources=[model_dir], what="the statistics file")
-    if Path(out).exists() and not overwrite:
-        raise OutputExistsError(f"{out}: exists (use --overwrite to replace it)")
+    check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
+    from .activations.collect import SelfGenConfig, collect
+
     stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips), progress=progress)
     stats.save(out)
     return stats

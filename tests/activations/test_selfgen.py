@@ -195,3 +195,17 @@ def test_sensitivity_allocation_follows_the_measured_curves(trainable, selfgen_s
         assert curve[round(frac * m.n_units) - 1] == pytest.approx(st.modules[m.name].damage[1])
     with pytest.raises(InvalidArgumentError, match="needs activations selfgen"):
         clusterprune.make_recipe("datafree-obs", allocation="sensitivity")
+
+
+def test_selfgen_never_replaces_an_existing_file_without_overwrite(trainable, tmp_path):
+    out = tmp_path / "kept.safetensors"
+    out.write_bytes(b"not mine to replace")
+    from clusterprune.errors import OutputExistsError
+
+    with pytest.raises(OutputExistsError, match=r"kept\.safetensors: already exists \(pass --overwrite"):
+        clusterprune.selfgen(trainable["whisper"], out, clips=1, decoder_samples=1, probe_clips=0)
+    assert out.read_bytes() == b"not mine to replace"
+    cmd = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out), "--clips", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 1 and "already exists" in run.stderr and "Traceback" not in run.stderr
+    assert out.read_bytes() == b"not mine to replace"

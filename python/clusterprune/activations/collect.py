@@ -162,13 +162,18 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
 
 def _clip_inputs(processor: Any, config: SelfGenConfig, index: int, seconds: float) -> Any:
     """The model's input features of synthetic clip ``index`` (statistics clips 0.., probe clips
-    PROBE_OFFSET..): one seed scheme for the audio and, :func:`_sample_seed`, the transcripts."""
+    PROBE_OFFSET..): one seed scheme for the audio and, :func:`_clip_transcripts`, the transcripts."""
     audio = synthesize(seconds, seed=(config.seed << 20) + index)
     return processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
 
 
-def _sample_seed(config: SelfGenConfig, index: int) -> int:
-    return (config.seed << 24) + index
+def _clip_transcripts(
+    torch: Any, model: Any, encoder_out: Any, seconds: float, config: SelfGenConfig, index: int
+) -> list[list[int]]:
+    """The ``decoder_samples`` transcripts the model samples of clip ``index`` (the seed scheme of
+    :func:`_clip_inputs`: statistics clips 0.., probe clips PROBE_OFFSET..)."""
+    seed = (config.seed << 24) + index
+    return sample_transcripts(torch, model, encoder_out, config.decoder_samples, _bound(model, seconds), seed)
 
 
 def _prompt(model: Any) -> list[int]:
@@ -227,8 +232,7 @@ def _forward_seq2seq(
     encoder_out = model.get_encoder()(feats)
     recorder.active = False
     try:
-        bound = _bound(model, seconds)
-        rows = sample_transcripts(torch, model, encoder_out, config.decoder_samples, bound, _sample_seed(config, clip))
+        rows = _clip_transcripts(torch, model, encoder_out, seconds, config, clip)
     finally:
         recorder.active = True
     for row in rows:
@@ -250,9 +254,7 @@ class _Probe:
                 if seq2seq:
                     feats = inputs.input_features
                     enc = model.get_encoder()(feats)
-                    bound = _bound(model, seconds)
-                    seed = _sample_seed(config, PROBE_OFFSET + i)
-                    rows = sample_transcripts(torch, model, enc, config.decoder_samples, bound, seed)
+                    rows = _clip_transcripts(torch, model, enc, seconds, config, PROBE_OFFSET + i)
                     self.inputs.append((feats, rows))
                     self.encoded.append(enc)
                 else:

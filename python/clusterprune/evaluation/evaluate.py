@@ -74,10 +74,8 @@ def evaluate(
     seconds = time.monotonic() - start
     hyps = [results[i][0] for i in range(len(utts))]
     hits = [results[i][1] for i in range(len(utts))]
-    refs_n = [norm(u.text) for u in utts]
-    hyps_n = [norm(h) for h in hyps]
-    scored = [i for i, r in enumerate(refs_n) if r.strip()]
-    out = jiwer.process_words([refs_n[i] for i in scored], [hyps_n[i] for i in scored])
+    scored = _scored(norm, [u.text for u in utts], hyps)
+    out = jiwer.process_words([r for r, _ in scored.values()], [h for _, h in scored.values()])
     words = out.hits + out.substitutions + out.deletions
     audio = float(np.sum([u.duration for u in utts]))
     return {
@@ -110,12 +108,17 @@ def utterance_errors(result: dict[str, Any]) -> dict[str, int]:
     :func:`evaluate` result, through the same normaliser; they sum to the result's totals."""
     import jiwer
 
-    norm = _normalizer()
+    utts = result["utterances"]
+    scored = _scored(_normalizer(), [u["reference"] for u in utts], [u["hypothesis"] for u in utts])
     errors: dict[str, int] = {}
-    for u in result["utterances"]:
-        ref, hyp = norm(u["reference"]), norm(u["hypothesis"])
-        if not ref.strip():
-            continue  # not scored, as in evaluate
+    for i, (ref, hyp) in scored.items():
         out = jiwer.process_words(ref, hyp)
-        errors[u["id"]] = out.substitutions + out.deletions + out.insertions
+        errors[utts[i]["id"]] = out.substitutions + out.deletions + out.insertions
     return errors
+
+
+def _scored(norm: Any, references: list[str], hypotheses: list[str]) -> dict[int, tuple[str, str]]:
+    """The normalised (reference, hypothesis) of every scored utterance, by index: those whose
+    normalised reference is not empty."""
+    pairs = {i: (norm(r), norm(h)) for i, (r, h) in enumerate(zip(references, hypotheses, strict=True))}
+    return {i: pair for i, pair in pairs.items() if pair[0].strip()}

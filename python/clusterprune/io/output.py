@@ -211,12 +211,17 @@ def atomic_directory(dst: str | os.PathLike[str], *, overwrite: bool = False, so
             os.close(lock_fd)
 
 
-def check_file_destination(path: str | os.PathLike[str], *, sources: Sources = (), what: str = "the JSON file") -> None:
-    """An output file may be written: not inside a source, not a directory, and its folder exists
-    or can be created (checked before the work whose result it records)."""
+def check_file_destination(
+    path: str | os.PathLike[str], *, sources: Sources = (), what: str = "the JSON file", overwrite: bool = True
+) -> None:
+    """An output file may be written: not inside a source, not a directory, new unless
+    ``overwrite``, and its folder exists or can be created (checked before the work whose result
+    it records)."""
     refuse_inside_sources(path, sources, what)
     if Path(path).is_dir():
         raise OutputExistsError(f"{path}: {what} names a directory (expected a file name)")
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
     existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
     if not existing.is_dir():
         raise OutputExistsError(f"{path}: {what} cannot be created: {existing} is not a directory")

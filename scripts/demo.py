@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +31,8 @@ def synthesise(out: Path) -> Path:
     """A LibriSpeech-layout directory of espeak-ng speech (16 kHz FLAC) from the shipped sentences."""
     import soundfile
 
+    from clusterprune.activations.espeak import speak
+
     if shutil.which("espeak-ng") is None:
         sys.exit("no LibriSpeech data given and espeak-ng is missing: apt-get install espeak-ng (or pass --data)")
     sentences = (REPO / "python" / "clusterprune" / "demo_sentences.txt").read_text().split("\n")
@@ -41,13 +42,7 @@ def synthesise(out: Path) -> Path:
     lines = []
     for i, text in enumerate(sentences):
         utt = f"1-1-{i:04d}"
-        wav = chapter / f"{utt}.wav"
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
-        audio, sr = soundfile.read(wav, dtype="float32")
-        wav.unlink()
-        n_out = int(round(len(audio) * 16000 / sr))
-        spec = np.fft.rfft(audio)
-        audio16 = np.fft.irfft(spec[: n_out // 2 + 1], n_out) * (n_out / len(audio))
+        audio16 = speak(text, voice="en-us", pitch=50, speed=150)
         soundfile.write(chapter / f"{utt}.flac", audio16.astype(np.float32), 16000)
         lines.append(f"{utt} {text.upper()}")
     (chapter / "1-1.trans.txt").write_text("\n".join(lines) + "\n")

@@ -8,6 +8,11 @@ ROOT=$(pwd)
 VENV=${CLUSTERPRUNE_VENV:-$HOME/.cache/clusterprune/venv}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/clusterprune/target}
 
+# espeak-ng (a Debian package): the `selfgen --audio espeak` tests and the demo's offline speech
+if ! command -v espeak-ng >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get install -y -q espeak-ng || (apt-get update -q && apt-get install -y -q espeak-ng)) >/dev/null
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi

@@ -69,18 +69,20 @@ def selfgen(
     decoder_samples: int = 8,
     probe_clips: int = 8,
     seed: int = 0,
+    audio: str = "synth",
     progress: bool | None = None,
     overwrite: bool = False,
 ) -> ActivationStats:
     """Activation statistics of the dense model on self-generated inputs, written to ``out``
     (needs torch + transformers; see ``clusterprune selfgen --help``); an existing ``out`` is
-    replaced only with ``overwrite`` (checked before the work)."""
+    replaced only with ``overwrite`` (checked before the work). ``audio``: ``"synth"`` (the
+    source-filter synthesiser) or ``"espeak"`` (the model's own transcripts read by espeak-ng)."""
     from .io.output import check_file_destination
 
     check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
     from .activations.collect import SelfGenConfig, collect
 
-    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips), progress=progress)
+    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips, audio), progress=progress)
     stats.save(out)
     return stats
 

@@ -3,6 +3,10 @@ never heard, speech-like clips from :mod:`.synth`, and on text it writes itself 
 tokens sampled from the model on those clips, then teacher-forced). No recorded speech, no text
 corpus: what is measured is the model's own response to synthetic input.
 
+With ``audio="espeak"`` (Whisper only) each clip is speech synthesised by rule instead
+(:mod:`.espeak`): the text the model samples of the synthetic clip, read aloud by espeak-ng; the
+statistics are then measured on that spoken clip, as above.
+
 Per FFN module: the mean and covariance of its activations act(fc1 x + b) over every position
 (encoder frames, padding included as in real use; decoder tokens), and the variance of the
 residual stream entering its LayerNorm. Deterministic: seeded synthesis and sampling, float64
@@ -32,11 +36,13 @@ from ..recipes.gaussian import ModuleContext
 from ..recipes.obs import greedy_removal, removal_labels
 from ..recipes.refit import refit_consumer
 from ..speech import SAMPLE_RATE
-from .synth import clip_lengths, synthesize
+from .synth import RATE, clip_lengths, synthesize
 
 DECODER_SAMPLES = 8  # sampled transcripts per clip (decoder positions are few per clip)
 FRACTIONS = (0.1, 0.2, 0.3, 0.45, 0.6)  # removal fractions at which each module's damage is measured
 PROBE_OFFSET = 1 << 19  # probe clips' seeds: disjoint from the statistics clips' seeds
+TEXT_OFFSET = 1 << 23  # seeds of the transcripts espeak-ng reads: disjoint from those sampled of a clip
+AUDIO_SOURCES = ("synth", "espeak")
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class SelfGenConfig:
     seed: int = field(default=0, metadata={"help": "seed of the synthesis and of the sampled transcripts"})
     decoder_samples: int = field(default=DECODER_SAMPLES, metadata={"help": "sampled transcripts per clip"})
     probe_clips: int = field(default=8, metadata={"help": "further clips on which each module's damage is measured"})
+    audio: str = field(default="synth", metadata={"help": "synth (source-filter synthesiser) or espeak (espeak-ng)"})
 
 
 class _Recorder:
@@ -107,6 +114,19 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
 
     if config.clips < 1 or config.decoder_samples < 1 or config.probe_clips < 0:
         raise InvalidArgumentError("--clips and --decoder-samples must be at least 1, --probe-clips at least 0")
+    if config.audio not in AUDIO_SOURCES:
+        raise InvalidArgumentError(f"--audio must be one of {', '.join(AUDIO_SOURCES)}, not {config.audio!r}")
+    settings: dict[str, Any] = {
+        "clips": config.clips,
+        "seed": config.seed,
+        "decoder_samples": config.decoder_samples,
+        "probe_clips": config.probe_clips,
+        "audio": config.audio,
+    }
+    if config.audio == "espeak":
+        from .espeak import version
+
+        settings["espeak"] = version()
     path = Path(model_dir)
     with Checkpoint(path) as ckpt:
         specs = [s for s in unit_map(ckpt.config, set(ckpt.where)).modules if s.kind == "ffn"]
@@ -127,11 +147,17 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
         hooks.append(norm.register_forward_pre_hook(lambda _m, inp, acc=acc: acc.add_stream(inp[0])))
     lengths = clip_lengths(config.clips, config.seed)
     seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    if config.audio == "espeak" and not seq2seq:
+        raise InvalidArgumentError(f"{path}: --audio espeak reads the model's own transcripts; the model writes none")
     try:
         bar = Progress(len(lengths), "self-generated inputs", progress)
         with torch.no_grad():
-            for i, seconds in enumerate(lengths):
-                inputs = _clip_inputs(processor, config, i, seconds)
+            for i, target in enumerate(lengths):
+                recorder.active = False  # the text espeak-ng reads is sampled unrecorded
+                try:
+                    inputs, seconds = _clip_inputs(torch, model, processor, config, i, target)
+                finally:
+                    recorder.active = True
                 if seq2seq:
                     _forward_seq2seq(torch, model, recorder, inputs.input_features, seconds, config, i)
                 else:
@@ -151,20 +177,29 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
         modules=modules,
         source=str(path),
         digest=digest,
-        settings={
-            "clips": config.clips,
-            "seed": config.seed,
-            "decoder_samples": config.decoder_samples,
-            "probe_clips": config.probe_clips,
-        },
+        settings=settings,
     )
 
 
-def _clip_inputs(processor: Any, config: SelfGenConfig, index: int, seconds: float) -> Any:
-    """The model's input features of synthetic clip ``index`` (statistics clips 0.., probe clips
-    PROBE_OFFSET..): one seed scheme for the audio and, :func:`_clip_transcripts`, the transcripts."""
+def _clip_inputs(
+    torch: Any, model: Any, processor: Any, config: SelfGenConfig, index: int, seconds: float
+) -> tuple[Any, float]:
+    """The model's input features of clip ``index`` (statistics clips 0.., probe clips
+    PROBE_OFFSET..) and the clip's length in seconds: one seed scheme for the audio and,
+    :func:`_clip_transcripts`, the transcripts. With ``audio="espeak"``: the model's transcripts
+    of the synthetic clip (sampled with seeds TEXT_OFFSET + index), read by espeak-ng, the
+    synthetic clip kept when none of them has a letter."""
     audio = synthesize(seconds, seed=(config.seed << 20) + index)
-    return processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    if config.audio == "espeak":
+        from .espeak import spoken_clip
+
+        feats = processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        rows = _clip_transcripts(torch, model, model.get_encoder()(feats), seconds, config, TEXT_OFFSET + index)
+        texts = [processor.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+        spoken = spoken_clip(texts, seconds, seed=(config.seed << 20) + index)
+        if spoken.size:
+            audio, seconds = spoken, spoken.size / RATE
+    return processor.feature_extractor([audio], sampling_rate=SAMPLE_RATE, return_tensors="pt"), seconds
 
 
 def _clip_transcripts(
@@ -249,8 +284,8 @@ class _Probe:
         self.inputs: list[tuple[Any, list[list[int]]]] = []
         self.encoded: list[Any] = []  # the dense encoder's outputs (seq2seq)
         with torch.no_grad():
-            for i, seconds in enumerate(clip_lengths(config.probe_clips, config.seed + PROBE_OFFSET)):
-                inputs = _clip_inputs(processor, config, PROBE_OFFSET + i, seconds)
+            for i, target in enumerate(clip_lengths(config.probe_clips, config.seed + PROBE_OFFSET)):
+                inputs, seconds = _clip_inputs(torch, model, processor, config, PROBE_OFFSET + i, target)
                 if seq2seq:
                     feats = inputs.input_features
                     enc = model.get_encoder()(feats)

@@ -79,9 +79,15 @@ def synthesize(seconds: float, seed: int) -> np.ndarray:
         seg = seg / max(float(np.sqrt(np.mean(seg * seg))), 1e-12) * rng.uniform(0.4, 1.0)
         out[pos : pos + n] += seg * np.sin(np.pi * np.arange(n) / n) ** 0.5  # syllable envelope
         pos += n
+    return level_and_noise(rng, out)
+
+
+def level_and_noise(rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """``out`` at a clip level drawn from :data:`LEVEL_DB` over background noise drawn from
+    :data:`NOISE_DB`, as float32 with peak below 1."""
     rms = float(np.sqrt(np.mean(out * out)))
     level = 10 ** (rng.uniform(*LEVEL_DB) / 20) / max(rms, 1e-12)
-    audio = out * level + rng.standard_normal(total) * 10 ** (rng.uniform(*NOISE_DB) / 20)
+    audio = out * level + rng.standard_normal(out.size) * 10 ** (rng.uniform(*NOISE_DB) / 20)
     peak = float(np.max(np.abs(audio)))
     return (audio / peak * 0.95 if peak > 0.95 else audio).astype(np.float32)
 

@@ -28,6 +28,14 @@ def register(sub: Any) -> None:
         "0.1-0.6 (allocation sensitivity; 0: skip, default 8)",
     )
     c.add_argument("--seed", type=int, default=0, help="seed of synthesis and sampling (default 0)")
+    c.add_argument(
+        "--audio",
+        choices=("synth", "espeak"),
+        default="synth",
+        help="synth: the source-filter synthesiser's clips (default); espeak: the transcripts the model samples "
+        "of those clips, read aloud by espeak-ng (rule-based formant speech, no recordings; Whisper only; "
+        "needs the espeak-ng program: apt-get install espeak-ng)",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
@@ -47,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         decoder_samples=args.decoder_samples,
         probe_clips=args.probe_clips,
         seed=args.seed,
+        audio=args.audio,
         progress=args.progress,
         overwrite=args.overwrite,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -170,3 +172,17 @@ def trainable(tiny_en, tmp_path_factory) -> dict[str, Path]:
     hubert = _save(transformers.HubertForCTC(hcfg), root / "hubert")
     transformers.Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(hubert)
     return {"whisper": whisper, "hubert": hubert}
+
+
+@pytest.fixture(scope="session")
+def selfgen_stats(trainable, tmp_path_factory) -> Path:
+    """Statistics of the small random Whisper (tiny.en's processor and generation config), shared by
+    the self-generated-statistics tests."""
+    out = tmp_path_factory.mktemp("selfgen") / "w.stats.safetensors"
+    cmd = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out)]
+    run = subprocess.run(
+        [*cmd, "--clips", "2", "--decoder-samples", "2", "--probe-clips", "2"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert "FFN modules" in run.stdout
+    return out

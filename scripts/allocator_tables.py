@@ -5,7 +5,8 @@
 
 reads ``docs/allocator/*/results.json`` (``clusterprune sweep`` outputs) and
 ``docs/allocator/evals/*.json`` (``clusterprune eval --json`` of single models, each beside a
-``.cell.json`` naming its recipe, allocation, budget, sparsity and achieved sparsity), and writes
+``.cell.json`` naming its recipe, allocation, budget, sparsity and achieved sparsity, and for
+recipes that read statistics their ``stats_settings``), and writes
 ``results.md`` (WER % and x dense per recipe / allocation / budget / sparsity) and
 ``wer_vs_sparsity.png`` (one panel per budget).
 """
@@ -16,6 +17,15 @@ import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+
+def _recipe_label(row: dict[str, Any]) -> str:
+    """The recipe, and for recipes that read statistics, how their inputs were made (``selfgen
+    --audio``; files made before that option existed carry no setting and are synth)."""
+    method = row["method"]
+    if "selfgen" not in method:
+        return method
+    return f"{method} ({row.get('stats_settings', {}).get('audio', 'synth')} statistics)"
 
 
 def _rows(root: Path) -> list[dict[str, Any]]:
@@ -45,7 +55,7 @@ def main() -> int:
     for r in rows:
         if r.get("method") == "dense":
             continue
-        key = (r["budget"], r["method"], r["allocation"])
+        key = (r["budget"], _recipe_label(r), r["allocation"])
         seen = cells.setdefault(key, {}).get(r["sparsity"])
         if seen is not None and abs(seen["wer"] - r["wer"]) > 1e-12:
             raise SystemExit(f"{key} at {r['sparsity']}: {seen['source']} and {r['source']} disagree")
@@ -77,10 +87,14 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    series = sorted({k[1:] for k in cells})  # one colour per recipe / allocation in both panels
+    cmap = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    colour = {s: cmap(i % cmap.N) for i, s in enumerate(series)}
     for ax, budget in zip(axes, ("units", "params"), strict=True):
         for k in sorted(c for c in cells if c[0] == budget):
             pts = sorted(cells[k].items())
-            ax.plot([100 * s for s, _ in pts], [100 * r["wer"] for _, r in pts], marker="o", label=f"{k[1]} / {k[2]}")
+            xs, ys = [100 * s for s, _ in pts], [100 * r["wer"] for _, r in pts]
+            ax.plot(xs, ys, marker="o", color=colour[k[1:]], label=f"{k[1]} / {k[2]}")
         ax.axhline(100 * base, color="k", lw=0.8, ls=":", label="dense")
         ax.axhline(140 * base, color="r", lw=0.8, ls="--", label="1.4x dense (goal)")
         ax.set_xlabel("% of FFN neurons removed" if budget == "units" else "% of compressible weights removed")

@@ -176,6 +176,21 @@ def test_eval_refuses_unsupported_family(tmp_path, capsys):
     assert "clusterprune: error:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("folder", ["allocator", "allocator-base"])
+def test_allocator_tables_reproduce_the_committed_results(folder, tmp_path):
+    """docs/<folder>/results.md (the README's issue-15 tables) is what the script makes of the
+    recorded sweeps and evaluations: a table edited by hand or left stale fails here."""
+    pytest.importorskip("matplotlib")
+    root = Path(__file__).resolve().parents[2]
+    copy = shutil.copytree(root / "docs" / folder, tmp_path / folder)
+    (copy / "results.md").unlink()
+    script = [sys.executable, str(root / "scripts" / "allocator_tables.py"), str(copy)]
+    run = subprocess.run(script, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert (copy / "results.md").read_text() == (root / "docs" / folder / "results.md").read_text()
+    assert (copy / "wer_vs_sparsity.png").stat().st_size > 10_000
+
+
 @needs_data
 def test_sweep_bits_axis_palettizes_evaluates_and_plots(trainable, tmp_path, capsys):
     out = tmp_path / "bits"
@@ -193,3 +208,18 @@ def test_sweep_bits_axis_palettizes_evaluates_and_plots(trainable, tmp_path, cap
     capsys.readouterr()
     assert cli.main([*args[:-2], "--bits", "9", "--out", str(tmp_path / "bad")]) == 1
     assert "--bits 9 is not one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@needs_data
+def test_sweep_cells_record_the_statistics_they_read(trainable, selfgen_stats, tmp_path, capsys):
+    from clusterprune.io.stats import load_stats
+
+    out = tmp_path / "s"
+    args = ["sweep", str(trainable["whisper"]), "--data", str(LIBRISPEECH), "--subset", "test-clean", "--limit", "1"]
+    args += ["--include", "ffn$", "--sparsities", "0.25", "--methods", "datafree,datafree-selfgen"]
+    assert cli.main([*args, "--allocations", "variance", "--stats", str(selfgen_stats), "--out", str(out)]) == 0
+    capsys.readouterr()
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    assert rows["datafree-selfgen"]["stats_settings"] == load_stats(selfgen_stats).settings
+    assert rows["datafree-selfgen"]["stats_settings"]["audio"] == "synth"
+    assert "stats_settings" not in rows["datafree"] and "stats_settings" not in rows["dense"]

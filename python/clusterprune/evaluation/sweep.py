@@ -210,6 +210,7 @@ def sweep(
                 sparsity=s,
                 achieved_sparsity=plan.achieved_sparsity,
                 k_plan=k_plan,
+                **({"stats_settings": plan.stats.settings} if plan.stats is not None else {}),
             )
             log(f"  {cell}: WER {100 * result['wer']:.2f} %, achieved sparsity {plan.achieved_sparsity:.4f}")
             if not keep_models:

@@ -235,7 +235,7 @@ def main() -> None:
         lm = result["large_model"]
         print(
             f"large-v3-shaped ({lm['layers']} + {lm['layers']} layers) palettized at {args.bits} bits in {lm['seconds']:.1f} s: "
-            f"{lm['bytes_fp16'] / 2**20:.0f} MiB fp16 -> {lm['bytes_compact'] / 2**20:.0f} MiB compact"
+            f"{lm['bytes_fp16'] / 1e6:.0f} MB fp16 -> {lm['bytes_compact'] / 1e6:.0f} MB compact"
         )
     if "wer" in result:
         print(f"WER: {json.dumps(result['wer'])}")

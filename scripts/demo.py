@@ -81,7 +81,7 @@ def main() -> None:
         common += ["--limit", str(args.limit)]
     code = 0
     # FFN neurons only by default: tiny.en has 6 heads per module, so merging a single head
-    # already removes 17 % of a module and breaks the decoder (see README)
+    # already removes 17 % of a module and breaks the decoder (docs/results/paper-grid.md)
     runs = [("ffn-only", ["--include", "ffn$"])] + ([("all-units", [])] if args.all_units else [])
     for name, extra in runs:
         code |= cli.main(

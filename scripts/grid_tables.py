@@ -1,4 +1,4 @@
-"""The README's recipe-grid tables and plots, from the measured sweeps under docs/recipe-grid/.
+"""The recipe-grid tables and plots of docs/results/recipes.md, from the measured sweeps under docs/recipe-grid/.
 
     python scripts/grid_tables.py [docs/recipe-grid]
 

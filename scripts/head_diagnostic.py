@@ -3,8 +3,8 @@
     python scripts/head_diagnostic.py MODEL_DIR DATA --layer 3 [--subset test-clean] [--limit 20]
 
 For every head h of encoder self-attention layer L: remove h alone (mean output compensated into
-out_proj's bias, as recipe datafree-heads does), evaluate, print the WER. README "Recipes beyond
-the paper" quotes its output for tiny.en's layer 3.
+out_proj's bias, as recipe datafree-heads does), evaluate, print the WER. docs/results/recipes.md
+quotes its output for tiny.en's layer 3.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The palettization grid of README "Palettization on whisper tiny.en" (issue 12): every cell is
+"""The palettization grid of docs/results/palettize.md: every cell is
 palettized (compact format) with `clusterprune.palettize`, evaluated over all utterances of DATA,
 and appended to OUT/results.jsonl (cells already there are skipped on a re-run).
 

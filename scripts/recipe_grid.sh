@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe measurement grid (issue 6): every recipe on one checkpoint, two sweeps side by side.
+# The recipe measurement grid: every recipe on one checkpoint, two sweeps side by side.
 #   FFN grid:  2.5 / 5 / 10 / 20 % of the FFN neurons of every FFN module (attention untouched)
 #   all grid:  2.5 / 5 / 10 % of all compressible parameters (heads + FFN neurons)
 # usage: scripts/recipe_grid.sh MODEL_DIR DATA OUT [DEVICE] [extra sweep options, e.g. --limit 20]

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The project's one test command: creates (or reuses) the virtualenv, installs clusterprune with its
 # test extras (builds the Rust extension with maturin; torch + transformers for the checkpoint
-# tests), then runs the Rust checks and tests, ruff and pytest.
+# tests), then runs the Rust checks and tests, ruff, the documentation site's strict build, the
+# abi3 wheel's build and pytest (which installs that wheel into a fresh virtualenv and runs the
+# README's quick start).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -27,6 +29,17 @@ cargo test --release -p clusterprune-core
 echo "== ruff"
 "$VENV/bin/ruff" check python tests benches scripts
 "$VENV/bin/ruff" format --check python tests benches scripts
+
+echo "== docs (mkdocs build --strict)"
+SITE=$(mktemp -d)
+DIST=$(mktemp -d)
+trap 'rm -rf "$SITE" "$DIST"' EXIT
+NO_MKDOCS_2_WARNING=1 "$VENV/bin/mkdocs" build --strict --quiet --site-dir "$SITE"
+
+echo "== wheel (maturin build --release: one cp310-abi3 wheel)"
+"$VENV/bin/maturin" build --release --out "$DIST"
+export CLUSTERPRUNE_WHEEL
+CLUSTERPRUNE_WHEEL=$(ls "$DIST"/clusterprune-*-cp310-abi3-*.whl)
 
 echo "== pytest"
 "$VENV/bin/python" -m pytest -q "$@"

@@ -78,7 +78,6 @@ def test_recipe_defaults_round_trip_and_catalog():
     assert set(EXPERIMENTAL) == {
         "cosine",
         "datafree-heads",
-        "datafree-joint",
         "datafree-obs",
     } and not set(EXPERIMENTAL) & set(RECOMMENDED)
     for r in RECIPES.values():

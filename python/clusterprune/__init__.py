@@ -67,7 +67,6 @@ def selfgen(
     *,
     clips: int = 64,
     decoder_samples: int = 8,
-    probe_clips: int = 8,
     seed: int = 0,
     audio: str = "synth",
     progress: bool | None = None,
@@ -82,7 +81,7 @@ def selfgen(
     check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
     from .activations.collect import SelfGenConfig, collect
 
-    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, probe_clips, audio), progress=progress)
+    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, audio), progress=progress)
     stats.save(out)
     return stats
 

@@ -20,7 +20,7 @@ from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 
 METHODS = ("kmeans", "magnitude", "obs")
 KINDS = ("all", "ffn", "attention")
-ALLOCATIONS = ("uniform", "variance", "damage", "error", "sensitivity")
+ALLOCATIONS = ("uniform", "variance")
 ACTIVATION_MODELS = ("gaussian", "selfgen")
 VARIANCE_GROUPS = ("kind", "module_type")
 BUDGETS = ("units", "params")
@@ -39,10 +39,8 @@ class Recipe:
     )
     allocation: str = opt(
         "variance",
-        "uniform K per module; the paper's variance-mixed plan; or damage: every module's K chosen jointly, "
-        "removing the units of least modelled damage (score / modelled residual-stream variance) first; error "
-        "(method obs): every module's K from its removal-error curve over its residual-stream variance; sensitivity "
-        "(activations selfgen): from each module's measured end-to-end damage curve on self-generated inputs",
+        "uniform: K = round(N (1 - sparsity)) in every module; variance: the paper's mixed sparsity (modules ranked "
+        "by parameter variance, the high third keeps 1.2x K, the low third gives up the difference)",
         ALLOCATIONS,
     )
     feature: str = opt("weights", "what k-means sees of a unit", FEATURES)
@@ -65,7 +63,9 @@ class Recipe:
         "parameters of the model",
         BUDGETS,
     )
-    remove_heads: int = opt(0, "remove exactly this many heads from every encoder self-attention module")
+    remove_heads: int = opt(
+        0, "remove exactly this many heads from every encoder self-attention module", experimental=True
+    )
     compensate: bool = opt(False, "fold removed units' modelled mean output into the consumer bias (magnitude only)")
     refit: bool = opt(
         False, "re-solve kept FFN neurons' fc2 columns under the Gaussian LayerNorm input model (magnitude only)"
@@ -75,12 +75,14 @@ class Recipe:
         False,
         "method kmeans, FFN: rescale each merged neuron's pre-activation to its members' mean variance under the "
         "Gaussian LayerNorm model, keeping its mean (model folding's data-free repair)",
+        experimental=True,
     )
     activations: str = opt(
         "gaussian",
         "activation model of method obs: gaussian (from the weights) or selfgen (a statistics file made by "
         "`clusterprune selfgen`: the model's own response to synthetic speech-like audio; --stats FILE)",
         ACTIVATION_MODELS,
+        experimental=True,
     )
 
     def validate(self) -> Recipe:
@@ -94,16 +96,10 @@ class Recipe:
             raise InvalidArgumentError(f"max_iter {checked.max_iter} must be >= 0")
         if checked.remove_heads < 0:
             raise InvalidArgumentError(f"remove_heads {checked.remove_heads} must be >= 0")
-        if checked.allocation == "damage" and checked.score not in ("gauss_ln", "gauss_attn"):
-            raise InvalidArgumentError("allocation damage needs a Gaussian score (gauss_ln or gauss_attn)")
         if checked.repair and checked.method != "kmeans":
             raise InvalidArgumentError("repair applies to merged units (method kmeans) only")
         if checked.method == "obs" and checked.kinds != "ffn":
             raise InvalidArgumentError("method obs removes FFN neurons only (kinds ffn)")
-        if checked.allocation == "error" and checked.method != "obs":
-            raise InvalidArgumentError("allocation error needs method obs (its removal-error curves)")
-        if checked.allocation == "sensitivity" and checked.activations != "selfgen":
-            raise InvalidArgumentError("allocation sensitivity needs activations selfgen (the measured damage curves)")
         if checked.activations == "selfgen" and checked.method != "obs":
             raise InvalidArgumentError("activations selfgen is the activation model of method obs")
         if (checked.compensate or checked.refit) and checked.method != "magnitude":
@@ -135,27 +131,28 @@ class Recipe:
 
 
 # The recipes we recommend. Hyperparameters come from first principles, the choice between
-# recipes from the measured grid (README "Recipes beyond the paper").
+# recipes from the measured grid (docs: results/recipes.md).
 RECOMMENDED: dict[str, Recipe] = {
-    # Xu et al.: k-means on concatenated producer+consumer weights, centroid fusion, mixed sparsity.
-    "paper": Recipe(name="paper", method="kmeans", score="l2", kinds="all"),
-    # The paper's comparator: structured L2 magnitude pruning with a uniform plan.
-    "magnitude": Recipe(name="magnitude", allocation="uniform", score="l2", kinds="all"),
     # The default: remove the FFN neurons of least output variance under a Gaussian LayerNorm input
     # model, with the paper's variance-mixed allocation of the budget across FFN modules.
     "datafree": Recipe(),
+    # FFN neurons removed by the optimal-brain-surgeon rule, kept fc2 columns re-solved, under the
+    # activation statistics of self-generated inputs (`clusterprune selfgen`, --stats; needs torch
+    # once); the paper's variance-mixed allocation. Better than datafree at every point measured on
+    # whisper tiny.en and base (docs: results/selfgen.md), not the default: it needs the statistics file.
+    "datafree-selfgen": Recipe(name="datafree-selfgen", method="obs", activations="selfgen"),
     # datafree + the removed neurons' modelled mean output folded into fc2's bias
     "datafree-comp": Recipe(name="datafree-comp", compensate=True),
     # datafree + the kept neurons' fc2 columns re-solved under the Gaussian input model
     "datafree-refit": Recipe(name="datafree-refit", refit=True),
-    # FFN neurons removed by the optimal-brain-surgeon rule, kept fc2 columns re-solved, under the
-    # activation statistics of self-generated inputs (`clusterprune selfgen`, --stats; needs torch
-    # once); the paper's variance-mixed allocation. Better than datafree at every point measured on
-    # whisper tiny.en and base (README issue 15), not the default: it needs the statistics file.
-    "datafree-selfgen": Recipe(name="datafree-selfgen", method="obs", activations="selfgen"),
+    # Xu et al.: k-means on concatenated producer+consumer weights, centroid fusion, mixed sparsity.
+    "paper": Recipe(name="paper", method="kmeans", score="l2", kinds="all"),
+    # The paper's comparator: structured L2 magnitude pruning with a uniform plan.
+    "magnitude": Recipe(name="magnitude", allocation="uniform", score="l2", kinds="all"),
 }
 
-# Measured and kept for comparison, not recommended (README: they lose to `datafree` on tiny.en).
+# The experimental catalog: measured and kept for comparison, not recommended (they lose to `datafree`
+# on tiny.en; docs: recipes.md#experimental). Not listed in `compress --help`.
 EXPERIMENTAL: dict[str, Recipe] = {
     # cluster FFN neurons by the direction of their fc1 rows; merge direction and scale separately
     "cosine": Recipe(
@@ -172,9 +169,6 @@ EXPERIMENTAL: dict[str, Recipe] = {
         remove_heads=1,
         compensate=True,
     ),
-    # datafree with the joint allocator (README "Allocators, removal with re-solved consumers"): every module's K from
-    # the modelled damage per parameter, heads included where the model says a head is cheap
-    "datafree-joint": Recipe(name="datafree-joint", allocation="damage", kinds="all"),
     # FFN neurons removed by the optimal-brain-surgeon rule under the Gaussian LayerNorm model's
     # activation covariance, kept fc2 columns re-solved; the paper's variance-mixed allocation
     "datafree-obs": Recipe(name="datafree-obs", method="obs"),

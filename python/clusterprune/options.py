@@ -11,11 +11,17 @@ from typing import Any
 from .errors import InvalidArgumentError
 
 
-def opt(default: Any, help: str, choices: Sequence[Any] | Mapping[str, Any] | None = None) -> Any:
-    """A dataclass field with its help text (and allowed values) in its metadata."""
+def opt(
+    default: Any, help: str, choices: Sequence[Any] | Mapping[str, Any] | None = None, *, experimental: bool = False
+) -> Any:
+    """A dataclass field with its help text (and allowed values) in its metadata. ``experimental``:
+    measured and kept for comparison, not recommended; its flag is left out of ``--help`` (the
+    documentation's experimental catalog lists it)."""
     meta: dict[str, Any] = {"help": help}
     if choices is not None:
         meta["choices"] = tuple(choices)
+    if experimental:
+        meta["experimental"] = True
     return field(default=default, metadata=meta)
 
 

@@ -30,7 +30,7 @@ from .plan import ModulePlan, Plan, make_plan
 from .progress import Progress
 from .recipes.context import module_context, module_seed, with_moments
 from .recipes.gaussian import ModuleContext, expected_contribution
-from .recipes.obs import Removal, greedy_removal, output_variance, removal_labels
+from .recipes.obs import greedy_removal, output_variance, removal_labels
 from .recipes.refit import refit_consumer
 from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
 from .recipes.repair import repair_scales, repaired
@@ -104,18 +104,16 @@ def group_units(
     seed: int,
     compute: Compute = Compute(),
     ctx: ModuleContext | None = None,
-    planned: Removal | None = None,
 ) -> tuple[np.ndarray, float, int, str]:
     """labels (cluster per unit, -1 removed), relative WCSS (method obs: the relative output
-    error), Lloyd iterations, init used. ``planned``: a removal order method obs may reuse."""
+    error), Lloyd iterations, init used."""
     ctx = ctx or ModuleContext()
     n = parts[0][1].shape[0]
     if recipe.method == "obs":
         if ctx.moments is None:
             raise InvalidArgumentError("method obs needs the module's activation moments")
         (consumer,) = blocks_of(parts, ("consumer",))
-        if planned is None or len(planned.order) < n - k:
-            planned = greedy_removal(ctx.moments[1], consumer, n - k)
+        planned = greedy_removal(ctx.moments[1], consumer, n - k)
         errors = planned.errors[: n - k]
         labels = removal_labels(planned.order[: n - k], n)
         full = output_variance(ctx.moments[1], consumer)
@@ -235,7 +233,7 @@ def _compress_module(
     ctx = module_context(ckpt, spec)
     if recipe.method == "obs":
         ctx = with_moments(ctx, spec, parts, plan.stats, plan.seed)
-    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx, plan.removals.get(m.name))
+    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
     xp = compute.namespace()
     on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)

@@ -6,7 +6,6 @@ and can be inspected before anything is written.
 
 from __future__ import annotations
 
-import math
 import numbers
 import os
 import re
@@ -26,13 +25,8 @@ from .io.resolve import resolve_model
 from .io.stats import ActivationStats, model_digest
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
-from .models.units import ModuleSpec, blocks, to_units
-from .recipes.context import module_context, module_parts, with_moments
-from .recipes.damage import Damage, damage_plan, error_plan, stream_variances, unit_scores
-from .recipes.obs import Removal, greedy_removal
+from .models.units import ModuleSpec, to_units
 from .recipes.registries import FEATURES
-
-CURVE_REACH = 2.5  # error curves reach this multiple of the mean unit sparsity (a cost bound)
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,6 @@ class ModulePlan:
     k: int
     variance: float
     params_per_unit: int
-    modelled_error: float | None = None  # allocation "damage": the modelled share of the stream removed
 
     @property
     def sparsity(self) -> float:
@@ -62,7 +55,6 @@ class ModulePlan:
             "sparsity": self.sparsity,
             "variance": self.variance,
             "params_per_unit": self.params_per_unit,
-            **({"modelled_error": self.modelled_error} if self.modelled_error is not None else {}),
         }
 
 
@@ -79,7 +71,6 @@ class Plan:
     compressible_params: int  # parameters of all units of all modules of the unit map
     specs: dict[str, ModuleSpec] = field(repr=False, default_factory=dict)
     stats: ActivationStats | None = field(repr=False, default=None)  # activations selfgen
-    removals: dict[str, Removal] = field(repr=False, default_factory=dict)  # method obs: the planned orders
 
     @property
     def params_removed(self) -> int:
@@ -159,45 +150,6 @@ def check_stats(recipe: Recipe, stats: ActivationStats | None, ckpt: Checkpoint)
     return stats
 
 
-def removal_curves(
-    ckpt: Checkpoint,
-    modules: list[ModuleSpec],
-    pool: list[ModuleSpec],
-    stats: ActivationStats | None,
-    seed: int,
-    sparsity: float,
-) -> tuple[dict[str, Removal], dict[str, float]]:
-    """Every pool module's method-obs removal order and error curve, up to CURVE_REACH times the
-    mean sparsity of its units, and the variance of the residual stream it writes into: measured with ``stats``,
-    else modelled (:func:`clusterprune.recipes.damage.stream_variances`)."""
-    curves: dict[str, Removal] = {}
-    stream: dict[str, float] = {}
-    for spec in pool:
-        parts = module_parts(ckpt, spec)
-        ctx = with_moments(module_context(ckpt, spec), spec, parts, stats, seed)
-        assert ctx.moments is not None
-        (consumer,) = blocks(parts, ("consumer",))
-        steps = math.ceil(min(1.0, CURVE_REACH * sparsity) * spec.n_units)
-        curves[spec.name] = greedy_removal(ctx.moments[1], consumer, steps)
-        if ctx.stream_variance is not None:
-            stream[spec.name] = max(ctx.stream_variance, 1e-30)
-    if len(stream) < len(pool):
-        scores = {s.name: unit_scores(ckpt, s, "gauss_ln") for s in modules}
-        stream = stream_variances(ckpt, modules, scores)
-    return curves, stream
-
-
-def damage_curve(stats: ActivationStats, spec: ModuleSpec) -> np.ndarray:
-    """The module's measured damage after removing r = 1, 2, ... neurons, up to its largest
-    measured fraction: piecewise linear between the measured points (round(f N) neurons removed
-    at fraction f, as measured; 0 at r = 0)."""
-    found = stats.modules.get(spec.name)
-    if found is None or not found.fractions:
-        raise InvalidArgumentError(f"{stats.file}: no damage curve for {spec.name} (made with --probe-clips 0?)")
-    points = [0, *(round(f * spec.n_units) for f in found.fractions)]
-    return np.interp(np.arange(1, max(points) + 1), points, [0.0, *found.damage])
-
-
 def make_plan(
     source: str | os.PathLike[str] | Checkpoint,
     sparsity: float,
@@ -249,25 +201,8 @@ def make_plan(
                 )
         variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
         pool_units = [s.n_units for s in pool]
-        errors: dict[str, float] = {}
-        removals: dict[str, Removal] = {}
-        target: dict[str, Any] = (
-            {"remove_params": pool_sparsity * sum(s.n_units * s.params_per_unit for s in pool)}
-            if recipe.budget == "params"
-            else {"remove_units": round(pool_sparsity * sum(pool_units))}
-        )
-        joint: Damage | None = None
         if not pool:
             pool_ks: list[int] = []
-        elif recipe.allocation == "damage":
-            joint = damage_plan(ckpt, list(umap.modules), pool, recipe.score, **target)
-        elif recipe.allocation == "error":
-            removals, stream = removal_curves(ckpt, list(umap.modules), pool, stats, seed, pool_sparsity)
-            joint = error_plan(pool, {n: r.errors for n, r in removals.items()}, stream, **target)
-        elif recipe.allocation == "sensitivity":
-            assert stats is not None
-            curves = {s.name: damage_curve(stats, s) for s in pool}
-            joint = error_plan(pool, curves, {s.name: 1.0 for s in pool}, **target)
         elif recipe.allocation == "uniform":
             pool_ks = uniform_plan(pool_units, pool_sparsity)
         else:
@@ -277,9 +212,6 @@ def make_plan(
             pool_ks = variance_plan(
                 pool_units, [variances[s.name] for s in pool], groups, pool_sparsity, recipe.high_factor
             )
-        if joint is not None:
-            pool_ks = [joint.ks[s.name] for s in pool]
-            errors = joint.errors
         k_of = {s.name: k for s, k in zip(pool, pool_ks, strict=True)}
         k_of.update({s.name: s.n_units - recipe.remove_heads for s in fixed})
         units = [s.n_units for s in selected]
@@ -294,7 +226,7 @@ def make_plan(
                 raise InvalidArgumentError(f"K = {k} for module {name} is outside [1, N = {n}]")
             ks[by_name[name]] = k
         modules = [
-            ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit, errors.get(s.name))
+            ModulePlan(s.name, s.kind, s.module_type, s.layer, s.n_units, k, v, s.params_per_unit)
             for s, k, v in zip(selected, ks, [variances[s.name] for s in selected], strict=True)
         ]
         total = sum(ckpt.info(n).numel for n in ckpt.names())
@@ -311,7 +243,6 @@ def make_plan(
             compressible_params=compressible,
             specs={s.name: s for s in selected},
             stats=stats,
-            removals=removals,
         )
     finally:
         if own:

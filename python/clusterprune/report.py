@@ -5,8 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 
-def _mb(n: int) -> str:
-    return f"{n / 2**20:,.1f} MiB"
+def megabytes(n: int) -> str:
+    """A size in MB (10^6 bytes): the one unit of every size the package prints."""
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _what_the_recipe_does(r: dict[str, Any]) -> str:
+    kinds = {"ffn": "FFN neurons", "attention": "attention heads", "all": "attention heads and FFN neurons"}[r["kinds"]]
+    if r["method"] == "kmeans":
+        return f"{kinds} clustered by k-means, each cluster merged into one unit ({r['fusion']} fusion)"
+    if r["method"] == "obs":
+        return f"{kinds} removed one at a time by the optimal-brain-surgeon rule, kept fc2 columns re-solved"
+    return f"{kinds} of lowest {r['score']} score removed"
 
 
 def format_compression(report: dict[str, Any]) -> str:
@@ -17,15 +27,29 @@ def format_compression(report: dict[str, Any]) -> str:
             f"{m['sparsity']:>8.3f} {m.get('rel_wcss', float('nan')):>9.4f}"
         )
     r = report["recipe"]
-    lines.append(
-        f"recipe {r['name']} (method {r['method']}, allocation {r['allocation']}, feature {r['feature']}, "
-        f"fusion {r['fusion']}), export {report['export']}, seed {report['seed']}"
-    )
+    lines.append(f"recipe {r['name']}: {_what_the_recipe_does(r)}; allocation {r['allocation']}, seed {report['seed']}")
     lines.append(
         f"removed {report['params_removed']:,} of {report['compressible_params']:,} compressible parameters "
-        f"(achieved sparsity {report['achieved_sparsity']:.4f}; {report['params_removed'] / report['total_params']:.4f} of the model); "
-        f"size {_mb(report['bytes_before'])} -> {_mb(report['bytes_after'])} folded; {report['seconds']:.1f} s"
+        f"(achieved sparsity {report['achieved_sparsity']:.1%}; {report['params_removed'] / report['total_params']:.1%} "
+        "of the model) "
+        f"in {report['seconds']:.1f} s"
     )
+    before, after, dst = (
+        megabytes(report["bytes_before"]),
+        megabytes(report["bytes_after"]),
+        report.get("destination", "DST"),
+    )
+    if report["export"] == "fused":
+        lines.append(
+            f"wrote {dst}: a fused checkpoint, same shapes and size as the source ({before}), loads with "
+            f"from_pretrained; the smaller model ({after}) is --export folded, then export-ct2 for CTranslate2 / "
+            "faster-whisper"
+        )
+    else:
+        lines.append(
+            f"wrote {dst}: a folded checkpoint, {after} (source {before}); load it with clusterprune.load_folded "
+            "or run it in CTranslate2 / faster-whisper after export-ct2"
+        )
     return "\n".join(lines)
 
 
@@ -41,9 +65,9 @@ def format_palettization(report: dict[str, Any]) -> str:
         f"format {report['format']}"
     )
     lines.append(
-        f"size: source {_mb(report['bytes_source'])}, fp16 {_mb(report['bytes_fp16'])}, compact "
-        f"{_mb(report['bytes_compact'])} ({report['bytes_compact'] / max(report['bytes_fp16'], 1):.3f}x fp16); "
-        f"written {_mb(report['bytes_written'])}; {report['seconds']:.1f} s"
+        f"size: source {megabytes(report['bytes_source'])}, fp16 {megabytes(report['bytes_fp16'])}, compact "
+        f"{megabytes(report['bytes_compact'])} ({report['bytes_compact'] / max(report['bytes_fp16'], 1):.3f}x fp16); "
+        f"written {megabytes(report['bytes_written'])}; {report['seconds']:.1f} s"
     )
     return "\n".join(lines)
 
@@ -61,7 +85,7 @@ def _format_ct2(info: dict[str, Any]) -> str:
     widths = sorted(set(info["ffn_widths"].values()))
     lines = [
         f"{info['path']}: CTranslate2 {info['spec']}, {info['variables']} variables, {info['total_params']:,} values "
-        f"({_mb(info['bytes'])} model.bin, {'/'.join(info['dtypes'])}; weights {info['quantization'] or 'as stored'})",
+        f"({megabytes(info['bytes'])} model.bin, {'/'.join(info['dtypes'])}; weights {info['quantization'] or 'as stored'})",
         f"FFN widths {widths[0]}..{widths[-1]}" if widths else "FFN widths: not recorded",
     ]
     if info["padded_heads"]:
@@ -78,7 +102,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         return _format_ct2(info)
     lines = [
         f"{info['path']}: {info['family']}, {info['tensors']} tensors, {info['total_params']:,} parameters "
-        f"({_mb(info['bytes'])}, {'/'.join(info['dtypes'])}), {info['compressible_params']:,} in {len(info['modules'])} compressible modules"
+        f"({megabytes(info['bytes'])}, {'/'.join(info['dtypes'])}), {info['compressible_params']:,} in {len(info['modules'])} compressible modules"
         + (", folded" if info["folded"] else "")
     ]
     lines.append(f"{'module':<44} {'type':<18} {'N':>6} {'unit size':>10} {'K':>6}")

@@ -20,20 +20,6 @@ needs_espeak = pytest.mark.skipif(
 )
 
 
-def test_resampling_is_band_limited_and_exact_on_periodic_signals():
-    rng = np.random.default_rng(7)
-    freqs, phases = rng.uniform(50, 7000, size=5).round(), rng.uniform(0, 2 * np.pi, size=5)
-
-    def tone(rate: int) -> np.ndarray:  # whole periods in one second: periodic in the window
-        t = np.arange(rate) / rate
-        return sum(np.sin(2 * np.pi * f * t + p) for f, p in zip(freqs, phases, strict=True))
-
-    np.testing.assert_allclose(espeak.resample(tone(22050), 22050), tone(RATE), atol=1e-9)
-    assert espeak.resample(np.zeros(0), 22050).size == 0
-    up = espeak.resample(tone(RATE), RATE, 22050)  # upsampling keeps the tones too
-    np.testing.assert_allclose(up, tone(22050), atol=1e-9)
-
-
 def test_a_missing_program_is_one_line(monkeypatch):
     monkeypatch.setattr(espeak.shutil, "which", lambda _name: None)
     with pytest.raises(InvalidArgumentError, match=r"^espeak-ng is not installed: apt-get install espeak-ng"):
@@ -62,7 +48,7 @@ def test_spoken_clips_are_seeded_speech_of_the_asked_length():
 @needs_espeak
 def test_statistics_of_spoken_transcripts(trainable, selfgen_stats, tmp_path):
     cmd = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"])]
-    opts = ["--clips", "2", "--decoder-samples", "2", "--probe-clips", "1", "--audio", "espeak"]
+    opts = ["--clips", "2", "--decoder-samples", "2", "--audio", "espeak"]
     outs = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
     for out in outs:
         run = subprocess.run([*cmd, str(out), *opts], capture_output=True, text=True)
@@ -73,7 +59,6 @@ def test_statistics_of_spoken_transcripts(trainable, selfgen_stats, tmp_path):
     enc = st.modules["model.encoder.layers.0.ffn"]
     assert enc.count == 2 * 1500  # the spoken clips only: the synthetic clips they replace are not recorded
     assert not np.allclose(enc.mean, synth.modules["model.encoder.layers.0.ffn"].mean)
-    assert len(enc.damage) == 5 and min(enc.damage) >= 0
 
 
 @needs_espeak

@@ -114,3 +114,55 @@ def test_palettize_bench_against_coremltools_on_tiny_en(tiny_en, workdir):
         assert row["speedup"] > 1 and row["error_ours"] <= row["error_theirs"] * 1.0001  # exact 1-D k-means
     assert result["large_model"]["bytes_compact"] < 0.4 * result["large_model"]["bytes_fp16"]
     assert "speedup" in r.stdout
+
+
+def _headline_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("headline", REPO / "scripts" / "headline.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"no LibriSpeech utterances at {LIBRISPEECH}")
+def test_headline_script_measures_every_cell_and_renders_its_table(trainable, tmp_path):
+    from conftest import librispeech_copy
+
+    data = librispeech_copy(tmp_path, n=2)
+    out = tmp_path / "h.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "headline.py"),
+            trainable["whisper"],
+            "--data",
+            data,
+            "--out",
+            out,
+            "--workdir",
+            tmp_path / "w",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    record = json.loads(out.read_text())
+    cells = [row["cell"] for row in record["rows"]]
+    assert cells == [c for c, _, _ in _headline_module().CELLS]
+    by = {row["cell"]: row for row in record["rows"]}
+    assert by["dense-ct2-int8"]["runtime"] == "ctranslate2" and by["dense"]["runtime"] == "transformers"
+    assert by["palettized-4bit"]["bytes"] < by["palettized-5bit"]["bytes"] < by["dense"]["bytes"]
+    assert all(row["num_utterances"] == 2 and row["decode_seconds"] > 0 for row in record["rows"])
+    assert (tmp_path / "h_table.md").read_text().strip() == _headline_module().render(record["rows"])
+
+
+def test_the_readme_headline_table_is_the_scripts_rendering_of_its_json():
+    headline = _headline_module()
+    record = json.loads((REPO / "docs" / "results" / "headline.json").read_text())
+    table = headline.render(record["rows"])
+    assert headline.readme_table((REPO / "README.md").read_text()) == table
+    assert (REPO / "docs" / "results" / "headline_table.md").read_text().strip() == table
+    assert {row["model"] for row in record["rows"]} == {"whisper-tiny.en", "whisper-base"}

@@ -41,6 +41,16 @@ def test_console_script_compress_and_inspect(checkpoints, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert {"n_units", "k", "sparsity", "rel_wcss"} <= set(report["modules"][0])
     assert report["bytes_after"] < report["bytes_before"]
+    mb = f"{report['bytes_after'] / 1e6:,.1f} MB"  # one unit: MB, 10^6 bytes
+    assert "a fused checkpoint, same shapes and size as the source" in r.stdout and "--export folded" in r.stdout
+    assert f"the smaller model ({mb})" in r.stdout and "MiB" not in r.stdout
+    r = subprocess.run(
+        [exe, "compress", src, tmp_path / "f", "--sparsity", "0.2", "--export", "folded"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and f"a folded checkpoint, {mb}" in r.stdout
+    assert "FFN neurons of lowest gauss_ln score removed" in r.stdout  # what the default recipe did, plainly
     r = subprocess.run([exe, "inspect", dst], capture_output=True, text=True)
     assert r.returncode == 0 and "compressed by clusterprune" in r.stdout
     r = subprocess.run([exe, "compress", "--help"], capture_output=True, text=True)

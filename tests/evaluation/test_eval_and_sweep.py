@@ -149,6 +149,24 @@ def test_bad_data_inputs(tmp_path):
 
 
 @needs_data
+def test_audio_at_another_rate_is_resampled_to_16_khz(tmp_path):
+    import soundfile
+
+    from clusterprune.evaluation.data import load_utterances
+    from clusterprune.speech import resample
+
+    root = librispeech_copy(tmp_path)
+    ref = load_utterances(root)
+    first = sorted(root.rglob("*.flac"))[0]
+    at_22k = resample(ref[0].audio, 16000, 22050)
+    first.unlink()
+    soundfile.write(first.with_suffix(".wav"), at_22k, 22050, subtype="FLOAT")  # a .wav beside the transcript
+    got = load_utterances(root)
+    assert got[0].audio.dtype == np.float32 and abs(len(got[0].audio) - len(ref[0].audio)) <= 1
+    np.testing.assert_allclose(got[0].audio, resample(at_22k, 22050).astype(np.float32), atol=1e-6)
+
+
+@needs_data
 def test_saved_dataset_and_parquet_inputs(tmp_path):
     datasets = pytest.importorskip("datasets")
     from clusterprune.evaluation.data import load_utterances

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +29,12 @@ from ..io.checkpoint import Checkpoint
 from ..io.stats import ActivationStats, ModuleStats, model_digest
 from ..models.hf import load_model
 from ..models.registry import unit_map
-from ..models.units import Part
 from ..models.whisper import quiet_transformers
 from ..progress import Progress
-from ..recipes.gaussian import ModuleContext
-from ..recipes.obs import greedy_removal, removal_labels
-from ..recipes.refit import refit_consumer
 from ..speech import SAMPLE_RATE
 from .synth import RATE, clip_lengths, synthesize
 
 DECODER_SAMPLES = 8  # sampled transcripts per clip (decoder positions are few per clip)
-FRACTIONS = (0.1, 0.2, 0.3, 0.45, 0.6)  # removal fractions at which each module's damage is measured
-PROBE_OFFSET = 1 << 19  # probe clips' seeds: disjoint from the statistics clips' seeds
 TEXT_OFFSET = 1 << 23  # seeds of the transcripts espeak-ng reads: disjoint from those sampled of a clip
 AUDIO_SOURCES = ("synth", "espeak")
 
@@ -50,7 +44,6 @@ class SelfGenConfig:
     clips: int = field(default=64, metadata={"help": "synthetic clips (2-16 s each)"})
     seed: int = field(default=0, metadata={"help": "seed of the synthesis and of the sampled transcripts"})
     decoder_samples: int = field(default=DECODER_SAMPLES, metadata={"help": "sampled transcripts per clip"})
-    probe_clips: int = field(default=8, metadata={"help": "further clips on which each module's damage is measured"})
     audio: str = field(default="synth", metadata={"help": "synth (source-filter synthesiser) or espeak (espeak-ng)"})
 
 
@@ -112,15 +105,14 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
     """The self-generated statistics of every FFN module of the dense model at ``model_dir``."""
     import torch
 
-    if config.clips < 1 or config.decoder_samples < 1 or config.probe_clips < 0:
-        raise InvalidArgumentError("--clips and --decoder-samples must be at least 1, --probe-clips at least 0")
+    if config.clips < 1 or config.decoder_samples < 1:
+        raise InvalidArgumentError("--clips and --decoder-samples must be at least 1")
     if config.audio not in AUDIO_SOURCES:
         raise InvalidArgumentError(f"--audio must be one of {', '.join(AUDIO_SOURCES)}, not {config.audio!r}")
     settings: dict[str, Any] = {
         "clips": config.clips,
         "seed": config.seed,
         "decoder_samples": config.decoder_samples,
-        "probe_clips": config.probe_clips,
         "audio": config.audio,
     }
     if config.audio == "espeak":
@@ -167,12 +159,6 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
         for h in hooks:
             h.remove()
     modules = {name: acc.result() for name, acc in accs.items()}
-    if config.probe_clips > 0:
-        probe = _Probe(torch, model, processor, config, seq2seq)
-        bar = Progress(len(specs) * len(FRACTIONS), "damage per module", progress)
-        for spec in specs:
-            curve = probe.damage_curve(named, spec, modules[spec.name], bar)
-            modules[spec.name] = replace(modules[spec.name], fractions=FRACTIONS, damage=curve)
     return ActivationStats(
         modules=modules,
         source=str(path),
@@ -184,8 +170,7 @@ def collect(model_dir: str | os.PathLike[str], config: SelfGenConfig, progress: 
 def _clip_inputs(
     torch: Any, model: Any, processor: Any, config: SelfGenConfig, index: int, seconds: float
 ) -> tuple[Any, float]:
-    """The model's input features of clip ``index`` (statistics clips 0.., probe clips
-    PROBE_OFFSET..) and the clip's length in seconds: one seed scheme for the audio and,
+    """The model's input features of clip ``index`` and the clip's length in seconds: one seed scheme for the audio and,
     :func:`_clip_transcripts`, the transcripts. With ``audio="espeak"``: the model's transcripts
     of the synthetic clip (sampled with seeds TEXT_OFFSET + index), read by espeak-ng, the
     synthetic clip kept when none of them has a letter."""
@@ -206,7 +191,7 @@ def _clip_transcripts(
     torch: Any, model: Any, encoder_out: Any, seconds: float, config: SelfGenConfig, index: int
 ) -> list[list[int]]:
     """The ``decoder_samples`` transcripts the model samples of clip ``index`` (the seed scheme of
-    :func:`_clip_inputs`: statistics clips 0.., probe clips PROBE_OFFSET..)."""
+    :func:`_clip_inputs`)."""
     seed = (config.seed << 24) + index
     return sample_transcripts(torch, model, encoder_out, config.decoder_samples, _bound(model, seconds), seed)
 
@@ -272,77 +257,6 @@ def _forward_seq2seq(
         recorder.active = True
     for row in rows:
         model(encoder_outputs=encoder_out, decoder_input_ids=torch.tensor([row]))
-
-
-class _Probe:
-    """The dense model's output distributions on held-out self-generated inputs, and the mean
-    KL(dense || pruned) when one module loses a fraction of its neurons (removed by method obs
-    under the module's statistics, kept fc2 columns and bias re-solved, exactly as compress does)."""
-
-    def __init__(self, torch: Any, model: Any, processor: Any, config: SelfGenConfig, seq2seq: bool) -> None:
-        self.torch, self.model, self.seq2seq = torch, model, seq2seq
-        self.inputs: list[tuple[Any, list[list[int]]]] = []
-        self.encoded: list[Any] = []  # the dense encoder's outputs (seq2seq)
-        with torch.no_grad():
-            for i, target in enumerate(clip_lengths(config.probe_clips, config.seed + PROBE_OFFSET)):
-                inputs, seconds = _clip_inputs(torch, model, processor, config, PROBE_OFFSET + i, target)
-                if seq2seq:
-                    feats = inputs.input_features
-                    enc = model.get_encoder()(feats)
-                    rows = _clip_transcripts(torch, model, enc, seconds, config, PROBE_OFFSET + i)
-                    self.inputs.append((feats, rows))
-                    self.encoded.append(enc)
-                else:
-                    self.inputs.append((inputs.input_values, []))
-        self.reference = self._log_probs(encoder_changed=False)
-
-    def _log_probs(self, encoder_changed: bool) -> list[Any]:
-        """The output log-probabilities on every probe input; the dense encoder outputs are reused
-        unless the perturbed module is in the encoder."""
-        torch, out = self.torch, []
-        with torch.no_grad():
-            for (feats, rows), dense in zip(self.inputs, self.encoded or [None] * len(self.inputs), strict=True):
-                if self.seq2seq:
-                    enc = self.model.get_encoder()(feats) if encoder_changed else dense
-                    for row in rows:
-                        logits = self.model(encoder_outputs=enc, decoder_input_ids=torch.tensor([row])).logits
-                        out.append(torch.log_softmax(logits[0].double(), dim=-1))
-                else:
-                    out.append(torch.log_softmax(self.model(feats).logits[0].double(), dim=-1))
-        return out
-
-    def kl(self, encoder_changed: bool) -> float:
-        total, count = 0.0, 0
-        for ref, new in zip(self.reference, self._log_probs(encoder_changed), strict=True):
-            total += float((ref.exp() * (ref - new)).sum())
-            count += ref.shape[0]
-        return total / max(count, 1)
-
-    def damage_curve(self, named: dict[str, Any], spec: Any, stats: ModuleStats, bar: Progress) -> tuple[float, ...]:
-        torch = self.torch
-        fc2 = _module(named, spec.linear_of(next(p for p in spec.parts if p.role == "consumer")))
-        if fc2.bias is None:
-            raise InvalidArgumentError(f"{spec.name}: the refit keeps the mean in fc2's bias; the module has none")
-        weight, bias = fc2.weight.data.clone(), fc2.bias.data.clone()
-        consumer = weight.double().numpy().T.copy()
-        n = consumer.shape[0]
-        removal = greedy_removal(stats.cov, consumer, round(max(FRACTIONS) * n))
-        ctx = ModuleContext(moments=(stats.mean, stats.cov))
-        curve = []
-        try:
-            for fraction in FRACTIONS:
-                labels = removal_labels(removal.order[: round(fraction * n)], n)
-                kept = np.flatnonzero(labels >= 0)
-                rows, shift = refit_consumer([(Part("fc2", "consumer"), consumer)], labels, ctx, 0)
-                new = np.zeros_like(consumer)
-                new[kept] = rows
-                fc2.weight.data = torch.from_numpy(new.T.astype(np.float32)).contiguous()
-                fc2.bias.data = (bias.double() + torch.from_numpy(shift)).float()
-                curve.append(self.kl(encoder_changed=not spec.module_type.startswith("decoder")))
-                bar.update(f"{spec.name} {fraction:.2f}")
-        finally:
-            fc2.weight.data, fc2.bias.data = weight, bias
-        return tuple(curve)
 
 
 def _bound(model: Any, seconds: float) -> int:

@@ -19,6 +19,7 @@ import wave
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..speech import resample
 from .synth import RATE, level_and_noise
 
 PROGRAM = "espeak-ng"
@@ -37,18 +38,6 @@ def version() -> str:
         raise InvalidArgumentError(f"{PROGRAM} is not installed: apt-get install espeak-ng (or use --audio synth)")
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
     return out.split("Data at")[0].strip()
-
-
-def resample(audio: np.ndarray, rate: int, to: int = RATE) -> np.ndarray:
-    """Band-limited resampling of a whole signal by its DFT (truncated or zero-padded spectrum)."""
-    n_out = int(round(len(audio) * to / rate))
-    if len(audio) == 0 or n_out == 0:
-        return np.zeros(0)
-    spec = np.fft.rfft(np.asarray(audio, dtype=np.float64))
-    out = np.zeros(n_out // 2 + 1, dtype=complex)
-    k = min(len(spec), len(out))
-    out[:k] = spec[:k]
-    return np.fft.irfft(out, n_out) * (n_out / len(audio))
 
 
 def speak(text: str, voice: str = "en-us", pitch: int = 50, speed: int = 150) -> np.ndarray:

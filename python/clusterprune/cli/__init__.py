@@ -12,6 +12,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import ClusterpruneError
+from ..extras import missing_dependency_message
 from . import compress, evaluate, export_ct2, finetune, import_ct2, inspect, palettize, selfgen, sweep
 from .common import OneLineParser
 
@@ -67,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         return _fail("out of memory")
     except Exception as exc:  # the last boundary: one line, the traceback on request
+        if isinstance(exc, ModuleNotFoundError):  # an optional dependency: name the extra that brings it
+            message = missing_dependency_message(exc.name or "", args.command)
+            if message is not None and not os.environ.get(DEBUG_ENV):
+                return _fail(message)
         if os.environ.get(DEBUG_ENV):
             raise
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

@@ -7,7 +7,7 @@ import sys
 from dataclasses import Field
 from typing import Any, NoReturn
 
-from ..config import Recipe
+from ..config import RECIPES, RECOMMENDED, Recipe
 from ..errors import InvalidArgumentError
 
 
@@ -28,8 +28,15 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="use at most N utterances")
     p.add_argument("--batch-size", type=int, default=8, help="utterances per forward pass (default 8)")
     p.add_argument("--language", help="Whisper language for multilingual checkpoints (default en)")
-    p.add_argument("--task", choices=("transcribe", "translate"), default="transcribe")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar")
+    p.add_argument(
+        "--task",
+        choices=("transcribe", "translate"),
+        default="transcribe",
+        help="Whisper task (default transcribe; translate: multilingual checkpoints translate into English)",
+    )
+    p.add_argument(
+        "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
+    )
     p.add_argument(
         "--device", default="cpu", help="torch device the model runs on for evaluation (default cpu; e.g. cuda)"
     )
@@ -41,6 +48,13 @@ def data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="inference threads (default: the runtime's)")
 
 
+def recipe_name(name: str) -> str:
+    """argparse type of --recipe: any named recipe; the message lists the recommended ones."""
+    if name not in RECIPES:
+        raise argparse.ArgumentTypeError(f"unknown recipe {name!r} (recommended: {', '.join(RECOMMENDED)})")
+    return name
+
+
 def _flag(f: Field[Any]) -> str:
     return "--" + f.name.replace("_", "-")
 
@@ -48,15 +62,29 @@ def _flag(f: Field[Any]) -> str:
 def recipe_flags(p: argparse.ArgumentParser) -> None:
     """One override flag per :class:`~clusterprune.config.Recipe` field, with the field's help
     text and allowed values (default: keep the recipe's value)."""
-    config_flags(p, "recipe options (override the recipe's choices)", Recipe.options())
+    config_flags(
+        p,
+        "recipe options (each overrides one choice of --recipe; shown: the default recipe's value)",
+        Recipe.options(),
+        "datafree",
+    )
 
 
-def config_flags(p: argparse.ArgumentParser, title: str, options: list[Field[Any]]) -> None:
-    """One flag per config field (its help, allowed values and type; default None = keep)."""
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return repr(value) if value == "" else str(value)
+
+
+def config_flags(p: argparse.ArgumentParser, title: str, options: list[Field[Any]], label: str = "default") -> None:
+    """One flag per config field (its help, allowed values, type and default; default None = keep).
+    Experimental fields get a flag that ``--help`` does not show."""
     g = p.add_argument_group(title)
     for f in options:
         kind = type(f.default)
-        help_text = f.metadata["help"]
+        help_text = f"{f.metadata['help']} ({label}: {_shown(f.default)})"
+        if f.metadata.get("experimental"):
+            help_text = argparse.SUPPRESS
         if kind is bool:
             g.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif "choices" in f.metadata:

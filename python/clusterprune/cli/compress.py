@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import DEFAULT_RECIPE, EXPERIMENTAL, RECIPES, RECOMMENDED
+from ..config import DEFAULT_RECIPE, RECOMMENDED
 from ..io.metadata import EXPORTS
-from .common import recipe_flags, recipe_overrides
+from .common import recipe_flags, recipe_name, recipe_overrides
 
 
 def _k_override(text: str) -> tuple[str, int]:
@@ -25,35 +25,44 @@ def register(sub: Any) -> None:
         "compress",
         help="compress a Hugging Face checkpoint directory",
         description="Compress SRC (a Hugging Face checkpoint directory with config.json and safetensors "
-        "weights) into DST. Attention heads and FFN neurons are clustered (or pruned) per module.",
+        "weights, or a hub id in the local cache) into DST, with no data and no training. The default recipe, "
+        "datafree, removes the FFN neurons of least modelled output variance (attention untouched); --recipe "
+        "paper clusters attention heads and FFN neurons by k-means (Xu et al.). --export fused (default) writes "
+        "the same shapes (and size) with the removed units tied or zeroed; --export folded writes the smaller "
+        "model. Guide: docs/guide/compress.md.",
     )
     c.add_argument("src", help="source checkpoint directory (never modified)")
     c.add_argument("dst", help="destination directory (written atomically)")
     c.add_argument(
-        "--sparsity", type=float, default=0.1, help="fraction of units removed per module, in [0, 1) (default 0.1)"
+        "--sparsity",
+        type=float,
+        default=0.1,
+        help="fraction of the recipe's units removed (budget units: per module; budget params: of all compressible "
+        "parameters), in [0, 1) (default 0.1)",
     )
     c.add_argument(
         "--recipe",
-        choices=list(RECIPES),
+        type=recipe_name,
         default=DEFAULT_RECIPE,
         metavar="NAME",
-        help=f"named set of choices (default: {DEFAULT_RECIPE}): recommended {', '.join(RECOMMENDED)} ('paper' "
-        f"reproduces Xu et al.); experimental {', '.join(EXPERIMENTAL)}; see README 'Recipes'",
+        help=f"named set of choices (default {DEFAULT_RECIPE}): {', '.join(RECOMMENDED)}; 'paper' reproduces "
+        "Xu et al., datafree-selfgen needs --stats (docs/recipes.md; experimental recipes are listed there)",
     )
     c.add_argument(
         "--export",
         choices=EXPORTS,
         default="fused",
-        help="fused: same shapes, loads with from_pretrained; folded: smaller model for load_folded",
+        help="fused (default): same shapes and size, loads with from_pretrained; folded: the smaller model, "
+        "loads with clusterprune.load_folded and goes to CTranslate2 with export-ct2",
     )
-    c.add_argument("--seed", type=int, default=0, help="k-means++ seed (default 0)")
+    c.add_argument("--seed", type=int, default=0, help="seed of k-means++ and of the seeded models (default 0)")
     c.add_argument("--include", metavar="REGEX", help="only modules whose name matches (e.g. 'ffn$')")
     c.add_argument("--exclude", metavar="REGEX", help="skip modules whose name matches (e.g. 'attn')")
     c.add_argument("--report", metavar="JSON", help="write the plan and per-module results as JSON")
     c.add_argument(
         "--stats",
         metavar="FILE",
-        help="activation statistics of SRC made by `clusterprune selfgen` (recipes with activations selfgen)",
+        help="activation statistics of SRC made by `clusterprune selfgen` (read by recipe datafree-selfgen)",
     )
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument(
@@ -75,7 +84,7 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
     )
-    c.add_argument("--quiet", action="store_true", help="print nothing on success")
+    c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     c.set_defaults(run=run)
 
 
@@ -97,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         exclude=args.exclude,
         k_overrides=dict(args.set_k) or None,
         overwrite=args.overwrite,
-        progress=args.progress,
+        progress=False if args.quiet else args.progress,
         num_threads=args.threads,
         device=args.device,
         stats=args.stats,

@@ -12,13 +12,16 @@ def register(sub: Any) -> None:
     e = sub.add_parser(
         "eval",
         help="word error rate of a checkpoint on local speech data",
-        description="Transcribe DATA with MODEL_DIR (Whisper: greedy; HuBERT/wav2vec2: CTC argmax) and report WER.",
+        description="Transcribe DATA with MODEL_DIR (Whisper: greedy; HuBERT/wav2vec2: CTC argmax) and report WER. "
+        "Needs the eval extra (pip install 'clusterprune[eval]'); CTranslate2 models also the ct2 extra.",
     )
     data_args(e)
     e.add_argument(
-        "model_dir", help="dense, fused or folded checkpoint, or an export-ct2 directory (runs in CTranslate2)"
+        "model_dir",
+        help="dense, fused, folded or palettized checkpoint, or an export-ct2 directory (runs in CTranslate2)",
     )
     e.add_argument("--json", metavar="OUT", help="write WER, counts and per-utterance hypotheses as JSON")
+    e.add_argument("--quiet", action="store_true", help="no progress and no summary line (use with --json)")
     e.set_defaults(run=run)
 
 
@@ -36,13 +39,15 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         language=args.language,
         task=args.task,
-        progress=args.progress,
+        progress=False if args.quiet else args.progress,
         device=args.device,
         compute_type=args.compute_type,
         threads=args.threads,
     )
     if args.json:
         write_json_atomic(args.json, result, sources=[args.model_dir, args.data])
+    if args.quiet:
+        return 0
     print(
         f"WER {100 * result['wer']:.2f} % on {result['num_utterances']} utterances ({result['reference_words']} words: "
         f"{result['substitutions']} sub, {result['deletions']} del, {result['insertions']} ins), "

@@ -27,16 +27,20 @@ def register(sub: Any) -> None:
         "chosen when loading, e.g. faster-whisper's compute_type='int8')",
     )
     x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    x.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     x.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..exporters.ct2 import export_ct2
+    from ..report import megabytes
 
     record = export_ct2(args.model_dir, args.out, quantization=args.quantization, overwrite=args.overwrite)
     padded = record["padded_heads"]
+    if args.quiet:
+        return 0
     print(
-        f"wrote CTranslate2 Whisper model {args.out}: model.bin {record['model_bin_bytes'] / 2**20:,.1f} MiB, "
+        f"wrote CTranslate2 Whisper model {args.out}: model.bin {megabytes(record['model_bin_bytes'])}, "
         f"weights {record['quantization'] or 'as stored'}"
     )
     if padded:

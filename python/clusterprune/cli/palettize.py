@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..config import RECIPES
 from ..io.palette import FORMATS
 from ..palettize.config import PaletteConfig
-from .common import config_flags
+from .common import config_flags, recipe_name
 
 
 def register(sub: Any) -> None:
@@ -18,7 +17,7 @@ def register(sub: Any) -> None:
         description="Palettize SRC (a Hugging Face checkpoint directory, dense, fused or folded) into DST: "
         "the weights of every chosen tensor are clustered per output channel (or group of channels, or "
         "tensor) into 2^bits values (a look-up table + bits-wide indices). Data-free; mixed bits with "
-        "--avg-bits. See README 'palettize'.",
+        "--avg-bits. Guide: docs/guide/palettize.md.",
     )
     c.add_argument("src", help="source checkpoint directory (never modified)")
     c.add_argument("dst", help="destination directory (written atomically)")
@@ -34,16 +33,14 @@ def register(sub: Any) -> None:
         type=float,
         help="first compress SRC at this sparsity (folded export), then palettize the folded model",
     )
-    c.add_argument(
-        "--recipe", choices=list(RECIPES), metavar="NAME", help="recipe of that first step (default datafree)"
-    )
+    c.add_argument("--recipe", type=recipe_name, metavar="NAME", help="recipe of that first step (default datafree)")
     c.add_argument("--report", metavar="JSON", help="write the per-tensor plan and sizes as JSON")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument("--threads", type=int, help="worker threads of the Rust engine (default: all cores)")
     c.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
     )
-    c.add_argument("--quiet", action="store_true", help="print nothing on success")
+    c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     config_flags(c, "palettization options", PaletteConfig.options())
     c.set_defaults(run=run)
 
@@ -66,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         sparsity=args.sparsity,
         recipe=args.recipe,
         overwrite=args.overwrite,
-        progress=args.progress,
+        progress=False if args.quiet else args.progress,
         num_threads=args.threads,
         **{f.name: getattr(args, f.name) for f in PaletteConfig.options()},
     )

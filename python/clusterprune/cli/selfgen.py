@@ -14,19 +14,13 @@ def register(sub: Any) -> None:
         "synthesiser: no recorded speech) and, for Whisper, on transcripts it samples itself; write every FFN "
         "module's activation mean and covariance and its residual-stream variance to OUT (one safetensors "
         "file, written atomically). `clusterprune compress MODEL DST --recipe datafree-selfgen --stats OUT` "
-        "reads it without torch. Deterministic: one torch thread, seeded synthesis and sampling.",
+        "reads it without torch. Deterministic: one torch thread, seeded synthesis and sampling. Needs the hf extra "
+        "(pip install 'clusterprune[hf]').",
     )
     c.add_argument("model", help="dense checkpoint directory (or a hub id in the local cache)")
     c.add_argument("out", help="statistics file to write (e.g. tiny.stats.safetensors)")
     c.add_argument("--clips", type=int, default=64, help="synthetic clips of 2-16 s (default 64)")
     c.add_argument("--decoder-samples", type=int, default=8, help="sampled transcripts per clip (default 8)")
-    c.add_argument(
-        "--probe-clips",
-        type=int,
-        default=8,
-        help="further clips on which each FFN module's end-to-end damage is measured at removal fractions "
-        "0.1-0.6 (allocation sensitivity; 0: skip, default 8)",
-    )
     c.add_argument("--seed", type=int, default=0, help="seed of synthesis and sampling (default 0)")
     c.add_argument(
         "--audio",
@@ -37,6 +31,7 @@ def register(sub: Any) -> None:
         "needs the espeak-ng program: apt-get install espeak-ng)",
     )
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     c.add_argument(
         "--progress", action=argparse.BooleanOptionalAction, default=None, help="progress bar (default: on a terminal)"
     )
@@ -53,12 +48,13 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         clips=args.clips,
         decoder_samples=args.decoder_samples,
-        probe_clips=args.probe_clips,
         seed=args.seed,
         audio=args.audio,
-        progress=args.progress,
+        progress=False if args.quiet else args.progress,
         overwrite=args.overwrite,
     )
+    if args.quiet:
+        return 0
     counts = sorted({m.count for m in stats.modules.values()})
     print(f"wrote {args.out}: {len(stats.modules)} FFN modules, {counts[0]}-{counts[-1]} positions each")
     return 0

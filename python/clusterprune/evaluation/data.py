@@ -1,6 +1,6 @@
 """Evaluation data: LibriSpeech-layout directories, `datasets` saved with ``save_to_disk``, or
 local parquet / json / csv files with an audio and a text column. ``datasets`` is the data layer;
-audio is decoded with soundfile (16 kHz mono expected)."""
+audio is decoded with soundfile (mono, resampled to 16 kHz)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError
-from ..speech import SAMPLE_RATE, Utterance
+from ..speech import SAMPLE_RATE, Utterance, resample
 
 AUDIO_EXTS = (".flac", ".wav")
 TEXT_COLUMNS = ("text", "transcript", "sentence", "transcription")
@@ -29,10 +29,10 @@ def decode_audio(source: str | bytes, label: str) -> np.ndarray:
         raise CorruptCheckpointError(f"{label}: unreadable audio: {exc}") from None
     if data.ndim == 2:
         data = data.mean(axis=1)
-    if sr != SAMPLE_RATE:
-        raise InvalidArgumentError(f"{label}: sample rate {sr} Hz, expected {SAMPLE_RATE} Hz (resample it first)")
     if data.size == 0:
         raise CorruptCheckpointError(f"{label}: empty audio")
+    if sr != SAMPLE_RATE:  # band-limited, as Whisper's feature extractor expects 16 kHz
+        data = resample(data, sr)
     return np.ascontiguousarray(data, dtype=np.float32)
 
 

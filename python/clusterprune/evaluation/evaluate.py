@@ -41,7 +41,7 @@ def evaluate(
     compute_type: str | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """WER and friends as a JSON-ready dict (see README: wer, substitutions, deletions,
+    """WER and friends as a JSON-ready dict (docs/guide/eval.md: wer, substitutions, deletions,
     insertions, num_utterances, utterances, real_time_factor, hit_length_bound).
     ``device``: where the model runs (a torch device string: cpu, cuda, cuda:1, ...; for a
     CTranslate2 directory cpu or cuda). ``compute_type`` (CTranslate2: int8, float32, ...) and
@@ -55,7 +55,7 @@ def evaluate(
     if threads is not None and threads < 1:
         raise InvalidArgumentError(f"--threads {threads} must be >= 1")
     # a broken model fails before the audio is decoded
-    runtime = open_runtime(model_dir, device=device, threads=threads, compute_type=compute_type)
+    runtime = open_runtime(model_dir, device=device, threads=threads, compute_type=compute_type, progress=progress)
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
     norm = _normalizer()
     hyps: list[str] = []

@@ -34,7 +34,7 @@ class HfRuntime:
 
     name = "transformers"
 
-    def __init__(self, model_dir: Path, device: str, threads: int | None) -> None:
+    def __init__(self, model_dir: Path, device: str, threads: int | None, progress: bool | None = None) -> None:
         import torch
 
         target = torch_device(device)
@@ -43,7 +43,7 @@ class HfRuntime:
             torch.backends.cudnn.allow_tf32 = False
         if threads:
             torch.set_num_threads(threads)
-        model, self.processor, self.family = load_model(model_dir)
+        model, self.processor, self.family = load_model(model_dir, progress=progress)
         self.model = model.to(target)
         self.device = str(target)
         self.family_name = str(model.config.model_type)
@@ -134,6 +134,7 @@ def open_runtime(
     device: str = "cpu",
     threads: int | None = None,
     compute_type: str | None = None,
+    progress: bool | None = None,
 ) -> HfRuntime | Ct2Runtime:
     """The runtime a model directory needs: CTranslate2 for an exported directory, else transformers."""
     path = resolve_model(model_dir)
@@ -143,4 +144,4 @@ def open_runtime(
         raise InvalidArgumentError(
             f"--compute-type {compute_type} applies to CTranslate2 models (export one with clusterprune export-ct2)"
         )
-    return HfRuntime(path, device, threads)
+    return HfRuntime(path, device, threads, progress)

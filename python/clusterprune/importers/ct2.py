@@ -28,6 +28,7 @@ from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteE
 from ..io.checkpoint import read_json
 from ..io.output import atomic_directory, check_destination
 from ..io.safetensors import SafetensorsWriter, first_non_finite, from_f32, to_f32
+from ..progress import Progress
 
 CT2_DTYPES = {
     0: ("F32", np.dtype("<f4")),
@@ -329,8 +330,9 @@ def _write_processor(src: Path, dst: Path, arch: dict[str, Any], ct2_config: dic
         raise CorruptCheckpointError(f"{src / 'tokenizer.json'}: not a valid tokenizer: {exc}") from None
     have = tok.get_vocab(with_added_tokens=True)
     missing = [(i, t) for i, t in enumerate(vocab) if t not in have]
+    added = tok.add_tokens([AddedToken(t, special=False, normalized=False) for _, t in missing])
     for i, t in missing:
-        if tok.add_tokens([AddedToken(t, special=False, normalized=False)]) != 1 or tok.token_to_id(t) != i:
+        if added != len(missing) or tok.token_to_id(t) != i:
             raise UnsupportedModelError(f"{src}: token {t!r} of the vocabulary would not get id {i}")
     ids = {t: i for i, t in enumerate(vocab)}
     if len(vocab) != arch["vocab_size"]:
@@ -394,8 +396,10 @@ def import_ct2(
     package: str | None = None,
     overwrite: bool = False,
     dtype: str | None = None,
+    progress: bool | None = None,
 ) -> Path:
-    """Writes a Hugging Face Whisper checkpoint directory at ``dst`` (atomically)."""
+    """Writes a Hugging Face Whisper checkpoint directory at ``dst`` (atomically); a progress bar
+    on a terminal (``progress``: force it on or off)."""
     if (src is None) == (package is None):
         raise UnsupportedModelError("give either a CTranslate2 checkpoint directory or --package NAME")
     if package is not None:
@@ -407,6 +411,8 @@ def import_ct2(
             raise CheckpointNotFoundError(f"{where / 'model.bin'}: file not found")
         blob = (where / "model.bin").read_bytes()
         source = str(where / "model.bin")
+    bar = Progress(2, "import-ct2", progress)
+    bar.show("reading model.bin")
     model = parse_model_bin(blob, source)
     tensors, arch = hf_tensors(model)
     ct2_config: dict[str, Any] = {}
@@ -417,7 +423,10 @@ def import_ct2(
     dst = Path(dst)
     check_destination(dst, sources=[where], overwrite=overwrite)
     with atomic_directory(dst, overwrite=overwrite, sources=[where]) as tmp:
+        bar.show("tokenizer, feature extractor, generation config (loads transformers)")
         special = _write_processor(where, tmp, arch, ct2_config)
+        bar.update("processor written")
+        bar.show("weights")
         current = model.dtypes["encoder/conv1/weight"]
         store = dtype or current
         entries = [(n, store, a.shape) for n, a in tensors.items()]
@@ -426,6 +435,7 @@ def import_ct2(
             for n, a in tensors.items():
                 w.write(n, a if store == current else from_f32(to_f32(a, current), store))
             w.close()
+            bar.update(f"{len(tensors)} tensors written")
         except BaseException:
             w.abort()
             raise

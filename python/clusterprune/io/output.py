@@ -1,7 +1,7 @@
 """Everything clusterprune writes goes through here: destination checks, atomic JSON files and
 atomic output directories.
 
-Rules (see README "Guarantees"):
+Rules (docs/guarantees.md):
 
 * nothing is written inside a source: every destination is checked against the inputs' paths;
 * an output directory is built in a temporary sibling ``.NAME.tmp-XXXX`` and appears under its

@@ -28,10 +28,6 @@ class ModuleStats:
     cov: np.ndarray  # (N, N) covariance of the activations
     count: int  # positions seen
     stream_variance: float  # total variance of the residual stream entering the module's LayerNorm
-    # measured end-to-end damage of removing a fraction of the module's neurons (method obs under
-    # these statistics): mean KL(dense || pruned) of the model's output distributions, per fraction
-    fractions: tuple[float, ...] = ()
-    damage: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,15 +48,7 @@ class ActivationStats:
         for name, m in self.modules.items():
             entries += [(f"{name}.mean", "F64", m.mean.shape), (f"{name}.cov", "F64", m.cov.shape)]
         meta = {
-            "modules": {
-                n: {
-                    "count": m.count,
-                    "stream_variance": m.stream_variance,
-                    "fractions": list(m.fractions),
-                    "damage": list(m.damage),
-                }
-                for n, m in self.modules.items()
-            },
+            "modules": {n: {"count": m.count, "stream_variance": m.stream_variance} for n, m in self.modules.items()},
             "source": self.source,
             "digest": self.digest,
             "settings": self.settings,
@@ -119,12 +107,9 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
                 raise CorruptCheckpointError(
                     f"{path}: {name}: mean {arrays['mean'].shape} and covariance {arrays['cov'].shape} do not match"
                 )
-            fractions = tuple(float(x) for x in info.get("fractions", []))
-            damage = tuple(float(x) for x in info.get("damage", []))
-            if len(fractions) != len(damage) or any(not 0 < f < 1 for f in fractions):
-                raise CorruptCheckpointError(f"{path}: {name}: damage curve and fractions do not match")
+            # files of earlier releases may also hold measured damage curves ("fractions", "damage"): unused
             modules[name] = ModuleStats(
-                arrays["mean"], arrays["cov"], int(info["count"]), float(info["stream_variance"]), fractions, damage
+                arrays["mean"], arrays["cov"], int(info["count"]), float(info["stream_variance"])
             )
     return ActivationStats(
         modules, str(meta.get("source", "")), str(meta.get("digest", "")), meta.get("settings", {}), str(path)

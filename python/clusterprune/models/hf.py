@@ -20,6 +20,7 @@ from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedMo
 from ..io.checkpoint import Checkpoint, read_json
 from ..io.metadata import FOLDED_KEY, read_folded
 from ..io.palette import PALETTE_KEY, read_marker, read_state
+from ..progress import Progress
 from .family import Family
 from .registry import family_of
 from .units import ModuleSpec
@@ -70,20 +71,27 @@ def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
         return model_from_state(path, ckpt.config, set(ckpt.where), state, dtype=dtype)
 
 
-def load_palettized(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
+def load_palettized(path: str | os.PathLike[str], *, dtype: Any = None, progress: bool | None = None) -> Any:
     """A working transformers model (eval mode) from a palettized clusterprune checkpoint: the
     compact format (packed indices + tables) is dequantized in memory; the dequantized format
-    loads as it is. A folded source gives the folded architecture."""
+    loads as it is. A folded source gives the folded architecture. A progress bar on a terminal
+    (``progress``: force it on or off)."""
     path = Path(path)
+    bar = Progress(2, "loading palettized model", progress)
     with Checkpoint(path) as ckpt:
         marker = read_marker(ckpt.config, path / "config.json")
         if marker is None:
             raise CorruptCheckpointError(f"{path / 'config.json'}: no '{PALETTE_KEY}' entry: not palettized")
         if marker["format"] == "compact":
+            bar.show("decoding tables and indices")
             state = read_state(ckpt)
         else:
             state = {name: (ckpt.info(name).dtype, ckpt.raw(name)) for name in ckpt.names()}
-        return model_from_state(path, ckpt.config, set(state), state, dtype=dtype)
+        bar.update("weights read")
+        bar.show("torch + transformers: building the model")
+        model = model_from_state(path, ckpt.config, set(state), state, dtype=dtype)
+        bar.update("model ready")
+        return model
 
 
 def model_from_state(
@@ -166,7 +174,7 @@ def load_weights(model_dir: str | os.PathLike[str]) -> Any:
     return _load_weights(Path(model_dir))[0]
 
 
-def _load_weights(path: Path) -> tuple[Any, Family]:
+def _load_weights(path: Path, progress: bool | None = None) -> tuple[Any, Family]:
     _torch_modules()
     from transformers.utils import logging as hf_logging
 
@@ -178,7 +186,7 @@ def _load_weights(path: Path) -> tuple[Any, Family]:
     hf_logging.disable_progress_bar()  # no "Loading weights" bar for a small local checkpoint
     try:
         if PALETTE_KEY in config:
-            model = load_palettized(path)
+            model = load_palettized(path, progress=progress)
         elif FOLDED_KEY in config:
             model = load_folded(path)
         else:
@@ -189,10 +197,11 @@ def _load_weights(path: Path) -> tuple[Any, Family]:
     return model.float().eval(), family
 
 
-def load_model(model_dir: str | os.PathLike[str]) -> tuple[Any, Any, Family]:
-    """(model in fp32 eval mode, processor, family) for a dense, fused or folded checkpoint."""
+def load_model(model_dir: str | os.PathLike[str], progress: bool | None = None) -> tuple[Any, Any, Family]:
+    """(model in fp32 eval mode, processor, family) for a dense, fused, folded or palettized
+    checkpoint (``progress``: the palettized loader's bar, default on a terminal)."""
     path = Path(model_dir)
-    model, family = _load_weights(path)
+    model, family = _load_weights(path, progress)
     try:
         processor = family.load_processor(path)
     except (OSError, ValueError, TypeError) as exc:

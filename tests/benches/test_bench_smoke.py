@@ -166,3 +166,18 @@ def test_the_readme_headline_table_is_the_scripts_rendering_of_its_json():
     assert headline.readme_table((REPO / "README.md").read_text()) == table
     assert (REPO / "docs" / "results" / "headline_table.md").read_text().strip() == table
     assert {row["model"] for row in record["rows"]} == {"whisper-tiny.en", "whisper-base"}
+
+
+def test_selfgen_large_bench_measures_memory_speed_and_identity(tiny_en, workdir):
+    bench(
+        "bench_selfgen_large.py",
+        "--processor", tiny_en, "--layers", 2, "--clips", 2, "--decoder-samples", 1, "--processes", "1,2",
+        "--workdir", workdir / "selfgen-large",
+        cwd=workdir,
+    )  # fmt: skip
+    result = json.loads((workdir / "selfgen-large" / "bench_selfgen_large.json").read_text())
+    assert [r["processes"] for r in result["runs"]] == [1, 2]
+    assert all(r["identical_to_one_process"] for r in result["runs"])
+    assert all(r["peak_rss_gib"] > result["model_fp32_gib"] and r["seconds_per_clip"] > 0 for r in result["runs"])
+    assert result["runs"][0]["file_gib"] <= result["float64_file_gib"] / 2
+    assert result["default_command_minutes"] > 0 and result["shape"]["d_model"] == 1280

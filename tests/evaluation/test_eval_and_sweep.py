@@ -241,3 +241,20 @@ def test_sweep_cells_record_the_statistics_they_read(trainable, selfgen_stats, t
     assert rows["datafree-selfgen"]["stats_settings"] == load_stats(selfgen_stats).settings
     assert rows["datafree-selfgen"]["stats_settings"]["audio"] == "synth"
     assert "stats_settings" not in rows["datafree"] and "stats_settings" not in rows["dense"]
+
+
+@needs_data
+def test_eval_shares_utterances_over_processes_with_the_same_hypotheses(trainable, tmp_path):
+    import os
+
+    data = librispeech_copy(tmp_path, n=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["-m", "clusterprune.cli", "eval", str(trainable["whisper"]), "--data", str(data), "--batch-size", "2"]
+    one = subprocess.run([sys.executable, *common, "--json", str(tmp_path / "one.json")], env=env, capture_output=True)
+    assert one.returncode == 0, one.stderr.decode()[-2000:]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29537"]
+    two = subprocess.run([*launcher, *common, "--json", str(tmp_path / "two.json")], env=env, capture_output=True)
+    assert two.returncode == 0, two.stderr.decode()[-2000:]
+    assert two.stdout.decode().count("WER ") == 1  # process 0 reports
+    a, b = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
+    assert a["utterances"] == b["utterances"] and a["wer"] == b["wer"] and a["num_utterances"] == 5

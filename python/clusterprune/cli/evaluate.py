@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from .common import data_args
@@ -13,7 +14,9 @@ def register(sub: Any) -> None:
         "eval",
         help="word error rate of a checkpoint on local speech data",
         description="Transcribe DATA with MODEL_DIR (Whisper: greedy; HuBERT/wav2vec2: CTC argmax) and report WER. "
-        "Needs the eval extra (pip install 'clusterprune[eval]'); CTranslate2 models also the ct2 extra.",
+        "Needs the eval extra (pip install 'clusterprune[eval]'); CTranslate2 models also the ct2 extra. Under "
+        "`torchrun --nproc_per_node N -m clusterprune.cli eval ...` the utterances are shared out; process 0 "
+        "writes the JSON.",
     )
     data_args(e)
     e.add_argument(
@@ -43,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         compute_type=args.compute_type,
         threads=args.threads,
+        shared=True,
     )
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, process 0 writes and reports
+        return 0
     if args.json:
         write_json_atomic(args.json, result, sources=[args.model_dir, args.data])
     if args.quiet:

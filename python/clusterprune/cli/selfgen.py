@@ -14,8 +14,9 @@ def register(sub: Any) -> None:
         "synthesiser: no recorded speech) and, for Whisper, on transcripts it samples itself; write every FFN "
         "module's activation mean and covariance and its residual-stream variance to OUT (one safetensors "
         "file, written atomically). `clusterprune compress MODEL DST --recipe datafree-selfgen --stats OUT` "
-        "reads it without torch. Deterministic: one torch thread, seeded synthesis and sampling. Needs the hf extra "
-        "(pip install 'clusterprune[hf]').",
+        "reads it without torch. Deterministic: one torch thread, seeded synthesis and sampling; under "
+        "`torchrun --nproc_per_node N -m clusterprune.cli selfgen ...` the clips are shared out and the file is "
+        "the same for any N. Needs the hf extra (pip install 'clusterprune[hf]').",
     )
     c.add_argument("model", help="dense checkpoint directory (or a hub id in the local cache)")
     c.add_argument("out", help="statistics file to write (e.g. tiny.stats.safetensors)")
@@ -29,6 +30,11 @@ def register(sub: Any) -> None:
         help="synth: the source-filter synthesiser's clips (default); espeak: the transcripts the model samples "
         "of those clips, read aloud by espeak-ng (rule-based formant speech, no recordings; Whisper only; "
         "needs the espeak-ng program: apt-get install espeak-ng)",
+    )
+    c.add_argument(
+        "--device",
+        default="cpu",
+        help="torch device the model runs on (default cpu; e.g. cuda; under torchrun: each process's own GPU)",
     )
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
@@ -52,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
         audio=args.audio,
         progress=False if args.quiet else args.progress,
         overwrite=args.overwrite,
+        device=args.device,
     )
-    if args.quiet:
+    if args.quiet or stats is None:  # under torchrun, process 0 writes and reports
         return 0
-    counts = sorted({m.count for m in stats.modules.values()})
+    counts = sorted({m.count for m in stats.infos().values()})
     print(f"wrote {args.out}: {len(stats.modules)} FFN modules, {counts[0]}-{counts[-1]} positions each")
     return 0

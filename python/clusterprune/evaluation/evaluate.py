@@ -40,12 +40,16 @@ def evaluate(
     device: str = "cpu",
     compute_type: str | None = None,
     threads: int | None = None,
+    shared: bool = False,
 ) -> dict[str, Any]:
     """WER and friends as a JSON-ready dict (docs/guide/eval.md: wer, substitutions, deletions,
     insertions, num_utterances, utterances, real_time_factor, hit_length_bound).
     ``device``: where the model runs (a torch device string: cpu, cuda, cuda:1, ...; for a
     CTranslate2 directory cpu or cuda). ``compute_type`` (CTranslate2: int8, float32, ...) and
-    ``threads`` pick how it runs; a directory written by export-ct2 runs in CTranslate2."""
+    ``threads`` pick how it runs; a directory written by export-ct2 runs in CTranslate2.
+    ``shared``: under torchrun (WORLD_SIZE > 1), every process calls this and the batches are shared
+    out (batch j on process j mod W, the batches one process would make); every process gets the
+    whole result, the same hypotheses as one process."""
     import jiwer
 
     if batch_size < 1:
@@ -54,23 +58,38 @@ def evaluate(
         raise InvalidArgumentError(f"--task {task!r} must be transcribe or translate")
     if threads is not None and threads < 1:
         raise InvalidArgumentError(f"--threads {threads} must be >= 1")
+    from ..distributed import init_distributed
+
+    dist, target = init_distributed(device) if shared and os.environ.get("WORLD_SIZE", "1") != "1" else (None, None)
     # a broken model fails before the audio is decoded
-    runtime = open_runtime(model_dir, device=device, threads=threads, compute_type=compute_type, progress=progress)
+    runtime = open_runtime(
+        model_dir,
+        device=str(target) if target is not None else device,
+        threads=threads,
+        compute_type=compute_type,
+        progress=progress if dist is None or dist.main else False,
+    )
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
     norm = _normalizer()
-    hyps: list[str] = []
-    hits: list[bool] = []
     order = sorted(range(len(utts)), key=lambda i: utts[i].duration)  # similar lengths batch together
-    bar = Progress(len(order), "eval", progress)
+    batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
+    # under torchrun: batch j on process j mod W (the batches of one process), hypotheses gathered
+    mine = batches if dist is None else batches[dist.rank :: dist.world]
+    bar = Progress(sum(map(len, mine)), "eval", progress if dist is None or dist.main else False)
     start = time.monotonic()
     results: dict[int, tuple[str, bool]] = {}
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
+    for idx in mine:
         batch = [utts[i] for i in idx]
         texts, hit = runtime.transcribe(batch, language, task)
         for i, t, h in zip(idx, texts, hit, strict=True):
             results[i] = (t.strip(), h)
             bar.update(utts[i].id)
+    if dist is not None and dist.world > 1:
+        import torch.distributed as tdist
+
+        gathered: list[Any] = [None] * dist.world
+        tdist.all_gather_object(gathered, results)
+        results = {i: r for part in gathered for i, r in part.items()}
     seconds = time.monotonic() - start
     hyps = [results[i][0] for i in range(len(utts))]
     hits = [results[i][1] for i in range(len(utts))]

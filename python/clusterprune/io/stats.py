@@ -1,13 +1,23 @@
 """Activation statistics of a model's FFN modules, as a file (numpy only: compress reads it
-without torch). One safetensors file: per module ``{name}.mean`` (N,), ``{name}.cov`` (N, N),
-float64, and in the metadata the sample counts, the residual-stream variances, the source
-model's digest and the settings that made it."""
+without torch, one module at a time).
+
+One safetensors file (format version 2): per module ``{name}.mean`` (N,) float64 and
+``{name}.cov_upper`` (N (N + 1) / 2,) float32, the covariance's upper triangle row by row (row i
+holds cov[i, i:]); in the metadata the sample counts, the residual-stream variances, the source
+model's digest and the settings that made it. Version 1 files (``{name}.cov``, (N, N) float64)
+still read.
+
+:func:`load_stats` checks the header and every module's record at once and reads a module's
+arrays only when they are asked for (checked then: shape, dtype, finiteness, a covariance that is
+symmetric positive semi-definite within tolerance), so the caller holds one module at a time.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,20 +29,72 @@ from .output import atomic_file
 from .safetensors import SafetensorsFile, SafetensorsWriter
 
 STATS_KEY = "clusterprune_activation_stats"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
 class ModuleStats:
-    mean: np.ndarray  # (N,) E[act]
-    cov: np.ndarray  # (N, N) covariance of the activations
+    mean: np.ndarray  # (N,) E[act], float64
+    cov: np.ndarray  # (N, N) covariance of the activations, float64, symmetric
     count: int  # positions seen
     stream_variance: float  # total variance of the residual stream entering the module's LayerNorm
 
 
 @dataclass(frozen=True)
+class ModuleInfo:
+    """What the file's record says of a module, without its arrays."""
+
+    n: int
+    count: int
+    stream_variance: float
+
+
+class LazyModules(Mapping[str, ModuleStats]):
+    """{module name: ModuleStats}, each built by ``load(name)`` when it is asked for (not kept)."""
+
+    def __init__(self, infos: dict[str, ModuleInfo], load: Callable[[str], ModuleStats]) -> None:
+        self.infos = infos
+        self._load = load
+
+    def __getitem__(self, name: str) -> ModuleStats:
+        if name not in self.infos:
+            raise KeyError(name)
+        return self._load(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.infos)
+
+    def __len__(self) -> int:
+        return len(self.infos)
+
+
+def upper_triangle(cov: np.ndarray) -> np.ndarray:
+    """The upper triangle of a square matrix, row by row (row i: cov[i, i:]), as float32."""
+    n = cov.shape[0]
+    out = np.empty(n * (n + 1) // 2, dtype=np.float32)
+    start = 0
+    for i in range(n):
+        out[start : start + n - i] = cov[i, i:]
+        start += n - i
+    return out
+
+
+def from_upper_triangle(packed: np.ndarray, n: int) -> np.ndarray:
+    """The symmetric float64 matrix of :func:`upper_triangle`'s packing."""
+    out = np.empty((n, n))
+    start = 0
+    for i in range(n):
+        row = np.asarray(packed[start : start + n - i], dtype=np.float64)
+        out[i, i:] = row
+        out[i:, i] = row
+        start += n - i
+    return out
+
+
+@dataclass(frozen=True)
 class ActivationStats:
-    modules: dict[str, ModuleStats]
+    modules: Mapping[str, ModuleStats]
     source: str = ""
     digest: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -42,13 +104,20 @@ class ActivationStats:
         """What the output's record keeps of the statistics: where from, which weights, how made."""
         return {"source": self.source, "digest": self.digest, "settings": self.settings}
 
+    def infos(self) -> dict[str, ModuleInfo]:
+        """Every module's size, count and stream variance, without building its arrays."""
+        if isinstance(self.modules, LazyModules):
+            return dict(self.modules.infos)
+        return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in self.modules.items()}
+
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Written atomically (a temporary file and one rename)."""
+        """Written atomically (a temporary file and one rename), one module at a time."""
+        infos = self.infos()
         entries = []
-        for name, m in self.modules.items():
-            entries += [(f"{name}.mean", "F64", m.mean.shape), (f"{name}.cov", "F64", m.cov.shape)]
+        for name, info in infos.items():
+            entries += [(f"{name}.mean", "F64", (info.n,)), (f"{name}.cov_upper", "F32", (info.n * (info.n + 1) // 2,))]
         meta = {
-            "modules": {n: {"count": m.count, "stream_variance": m.stream_variance} for n, m in self.modules.items()},
+            "modules": {n: {"count": i.count, "stream_variance": i.stream_variance} for n, i in infos.items()},
             "source": self.source,
             "digest": self.digest,
             "settings": self.settings,
@@ -57,9 +126,10 @@ class ActivationStats:
         with atomic_file(path, what="the statistics file") as tmp:
             writer = SafetensorsWriter(tmp, entries, {STATS_KEY: json.dumps(meta, sort_keys=True)})
             try:
-                for name, m in self.modules.items():
-                    writer.write(f"{name}.mean", m.mean)
-                    writer.write(f"{name}.cov", m.cov)
+                for name in infos:
+                    m = self.modules[name]
+                    writer.write(f"{name}.mean", np.asarray(m.mean, dtype=np.float64))
+                    writer.write(f"{name}.cov_upper", upper_triangle(m.cov))
             except BaseException:
                 writer.abort()
                 raise
@@ -76,41 +146,84 @@ def model_digest(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def _module_info(path: Path, name: str, info: Any) -> tuple[int, float]:
+    if not isinstance(info, dict):
+        raise CorruptCheckpointError(f"{path}: {name}: the module's record is not a JSON object")
+    count, stream = info.get("count"), info.get("stream_variance")
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CorruptCheckpointError(f"{path}: {name}: count {count!r} is not a positive integer")
+    if isinstance(stream, bool) or not isinstance(stream, (int, float)) or not np.isfinite(stream) or stream < 0:
+        raise CorruptCheckpointError(f"{path}: {name}: stream_variance {stream!r} is not a finite number >= 0")
+    return count, float(stream)
+
+
 def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
-    """Reads and checks a statistics file (one-line errors naming the file and the tensor)."""
+    """Opens and checks a statistics file (one-line errors naming the file and the tensor); a
+    module's arrays are read when the caller asks for that module."""
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"{path}: no such statistics file (make one with `clusterprune selfgen`)")
-    with SafetensorsFile(path) as f:
+    f = SafetensorsFile(path)
+    try:
         raw = f.metadata.get(STATS_KEY)
         if raw is None:
             raise CorruptCheckpointError(f"{path}: not a clusterprune statistics file (no {STATS_KEY} metadata)")
         try:
             meta = json.loads(raw)
             entries = meta["modules"]
+            version = meta.get("version", 1)
         except (ValueError, KeyError, TypeError):
             raise CorruptCheckpointError(f"{path}: {STATS_KEY} metadata is not valid JSON with 'modules'") from None
-        modules = {}
+        if version not in READABLE_VERSIONS:
+            raise CorruptCheckpointError(
+                f"{path}: statistics format version {version!r} is not one this release reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))}); make the file again with this release's selfgen"
+            )
+        if not isinstance(entries, dict):
+            raise CorruptCheckpointError(f"{path}: {STATS_KEY} 'modules' is not a JSON object")
+        cov_name, cov_dtype = ("cov", "F64") if version == 1 else ("cov_upper", "F32")
+        infos: dict[str, ModuleInfo] = {}
         for name, info in entries.items():
-            arrays = {}
-            for what in ("mean", "cov"):
-                tensor = f"{name}.{what}"
+            count, stream = _module_info(path, name, info)
+            mean_t, cov_t = f"{name}.mean", f"{name}.{cov_name}"
+            for tensor, dtype in ((mean_t, "F64"), (cov_t, cov_dtype)):
                 if tensor not in f.tensors:
                     raise CorruptCheckpointError(f"{path}: tensor {tensor} is missing")
-                if f.tensors[tensor].dtype != "F64":
-                    raise CorruptCheckpointError(f"{path}: tensor {tensor} is {f.tensors[tensor].dtype}, expected F64")
-                arrays[what] = np.array(f.raw(tensor), dtype=np.float64)
-                if not np.all(np.isfinite(arrays[what])):
-                    raise CorruptCheckpointError(f"{path}: tensor {tensor} holds NaN or infinite values")
-            n = arrays["mean"].shape[0]
-            if arrays["mean"].ndim != 1 or arrays["cov"].shape != (n, n):
+                if f.tensors[tensor].dtype != dtype:
+                    raise CorruptCheckpointError(
+                        f"{path}: tensor {tensor} is {f.tensors[tensor].dtype}, expected {dtype}"
+                    )
+            mean_shape, cov_shape = tuple(f.tensors[mean_t].shape), tuple(f.tensors[cov_t].shape)
+            n = mean_shape[0] if len(mean_shape) == 1 else -1
+            expected = (n, n) if version == 1 else (n * (n + 1) // 2,)
+            if n < 1 or cov_shape != expected:
                 raise CorruptCheckpointError(
-                    f"{path}: {name}: mean {arrays['mean'].shape} and covariance {arrays['cov'].shape} do not match"
+                    f"{path}: {name}: mean {mean_shape} and covariance {cov_shape} do not match"
                 )
-            # files of earlier releases may also hold measured damage curves ("fractions", "damage"): unused
-            modules[name] = ModuleStats(
-                arrays["mean"], arrays["cov"], int(info["count"]), float(info["stream_variance"])
-            )
+            infos[name] = ModuleInfo(n, count, stream)
+    except BaseException:
+        f.close()
+        raise
+
+    def load(name: str) -> ModuleStats:
+        info = infos[name]
+        mean = np.array(f.raw(f"{name}.mean"), dtype=np.float64)
+        stored = f.raw(f"{name}.{cov_name}")
+        cov = np.array(stored, dtype=np.float64) if version == 1 else from_upper_triangle(stored, info.n)
+        for what, arr in ((f"{name}.mean", mean), (f"{name}.{cov_name}", cov)):
+            if not np.all(np.isfinite(arr)):
+                raise CorruptCheckpointError(f"{path}: tensor {what} holds NaN or infinite values")
+        if version == 1:
+            cov = (cov + cov.T) / 2
+        diag = np.diag(cov)
+        if np.any(diag < -1e-6 * max(float(np.abs(diag).max()), 1e-30)):
+            raise CorruptCheckpointError(f"{path}: tensor {name}.{cov_name}: a variance is negative")
+        return ModuleStats(mean, cov, info.count, info.stream_variance)
+
     return ActivationStats(
-        modules, str(meta.get("source", "")), str(meta.get("digest", "")), meta.get("settings", {}), str(path)
+        LazyModules(infos, load),
+        str(meta.get("source", "")),
+        str(meta.get("digest", "")),
+        meta.get("settings", {}),
+        str(path),
     )

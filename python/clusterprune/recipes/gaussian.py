@@ -87,6 +87,12 @@ def _ffn_preactivation(parts: UnitParts, ctx: ModuleContext) -> tuple[np.ndarray
     return w @ beta + b, np.sqrt(((w * gamma[None, :]) ** 2).sum(axis=1))
 
 
+def ffn_activation_mean(parts: UnitParts, ctx: ModuleContext) -> np.ndarray:
+    """E[act(a_i)] of every FFN neuron under the Gaussian LayerNorm input model."""
+    mu, sigma = _ffn_preactivation(parts, ctx)
+    return activation_moments(mu, sigma, ctx.activation)[0]
+
+
 def _value_path(parts: UnitParts, ctx: ModuleContext) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per head h: V_h (n, d, hidden) value rows, its value bias (n, d) and O_h (n, d, hidden)
     = the head's columns of the output projection, transposed."""

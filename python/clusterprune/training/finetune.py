@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
+from ..distributed import Dist, all_sum, barrier, gather_rng, init_distributed, no_sync, rng_state, set_rng, shutdown
 from ..errors import InvalidArgumentError, OutputExistsError
 from ..io.checkpoint import Checkpoint
 from ..io.output import atomic_directory, check_destination, refuse_inside_sources, write_json_atomic
@@ -39,7 +40,6 @@ from ..io.safetensors import SafetensorsWriter, from_f32
 from ..models.family import Family
 from ..progress import Progress
 from ..speech import Utterance
-from .distributed import Dist, all_sum, barrier, gather_rng, init_distributed, no_sync, rng_state, set_rng, shutdown
 from .structure import Projector, Structure, read_structure, require_structure
 
 PARTIAL_SUFFIX = ".partial"

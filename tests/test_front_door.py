@@ -44,6 +44,12 @@ def test_the_readme_quick_start_runs_top_to_bottom(tmp_path):
     assert len(wers) == 3 and all(w <= 50 for w in wers), run.stdout  # each model transcribes the speech
     assert (tmp_path / "tiny-ffn10-ct2" / "model.bin").is_file()
     assert "a folded checkpoint" in run.stdout and "compact" in run.stdout
+    text = README.read_text()
+    python = re.search(r"```python\n(.*?)```", text[text.index("<!-- quickstart") :], flags=re.S)
+    assert python is not None, "README has no Python block after the quick start"
+    api = subprocess.run([sys.executable, "-c", python.group(1)], cwd=tmp_path, capture_output=True, text=True)
+    assert api.returncode == 0, api.stderr[-2000:]
+    assert (tmp_path / "tiny-ffn20-4bit" / "model.safetensors").is_file()
 
 
 def test_the_readme_is_a_front_page():

@@ -172,6 +172,18 @@ def test_selfgen_shares_clips_over_processes_and_writes_the_same_file(trainable,
         assert out.read_bytes() == reference.read_bytes(), clips
 
 
+def test_an_unavailable_device_is_one_line(trainable, tmp_path, capsys):
+    from clusterprune import cli
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is available here")
+    code = cli.main(["selfgen", str(trainable["whisper"]), str(tmp_path / "s.safetensors"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 1 and err == "clusterprune: error: --device cuda: torch sees no CUDA GPU on this machine\n"
+    assert not (tmp_path / "s.safetensors").exists()
+
+
 def test_the_gram_blocks_tile_the_upper_triangle(trainable, selfgen_stats, tmp_path, monkeypatch):
     from clusterprune.activations import collect
 

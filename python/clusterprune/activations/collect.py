@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import InvalidArgumentError
 from ..io.checkpoint import Checkpoint
 from ..io.stats import ActivationStats, LazyModules, ModuleInfo, ModuleStats, model_digest
-from ..models.hf import load_model
+from ..models.hf import load_model, torch_device
 from ..models.registry import unit_map
 from ..models.whisper import quiet_transformers
 from ..progress import Progress
@@ -192,6 +192,7 @@ def collect(
 
         settings["espeak"] = version()
     path = Path(model_dir)
+    torch_device(device)  # an unknown or unavailable device fails before any work
     with Checkpoint(path) as ckpt:
         specs = [s for s in unit_map(ckpt.config, set(ckpt.where)).modules if s.kind == "ffn"]
         shifts = {s.name: _shift(ckpt, s) for s in specs}

@@ -22,6 +22,7 @@ from clusterprune import cli
 from clusterprune.io.checkpoint import Checkpoint
 from clusterprune.io.output import atomic_directory
 from clusterprune.io.safetensors import SafetensorsFile, SafetensorsWriter
+from conftest import LIBRISPEECH
 
 torch = pytest.importorskip("torch")
 
@@ -255,6 +256,7 @@ def test_two_runs_into_one_new_destination_cannot_both_win(tmp_path):
     assert (dst / "who").read_text() == "third" and debris(tmp_path) == []
 
 
+@pytest.mark.skipif(not LIBRISPEECH.is_dir(), reason=f"no LibriSpeech utterances at {LIBRISPEECH}")
 def test_a_partial_without_saved_state_is_started_over(trainable, tmp_path):
     from clusterprune.training.finetune import FinetuneConfig, finetune
     from conftest import librispeech_copy

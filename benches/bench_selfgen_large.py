@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -83,7 +84,7 @@ def main() -> None:
     vocab = int(json.loads((args.processor / "config.json").read_text())["vocab_size"])
     make_checkpoint(model, args.layers, vocab)
     add_processor(model, args.processor)
-    params = sum(int(__import__("math").prod(s)) for _, s in tensor_table(args.layers, vocab))
+    params = sum(math.prod(s) for _, s in tensor_table(args.layers, vocab))
     model_gib = params * 4 / 2**30
     modules = 2 * args.layers
     float64_gib = modules * (FFN * FFN + FFN) * 8 / 2**30

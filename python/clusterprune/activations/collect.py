@@ -110,8 +110,8 @@ class _Accumulator:
     so that every clip contributes the same numbers whichever process ran it, and the totals are
     added in clip order."""
 
-    def __init__(self, torch: Any, n: int, hidden: int, shift: np.ndarray, recorder: _Recorder, eager: bool) -> None:
-        self.torch, self.n, self.hidden, self.recorder = torch, n, hidden, recorder
+    def __init__(self, torch: Any, hidden: int, shift: np.ndarray, recorder: _Recorder, eager: bool) -> None:
+        self.torch, self.hidden, self.recorder = torch, hidden, recorder
         self.shift = torch.from_numpy(shift.astype(np.float32))
         self.eager = eager  # one forward call per clip (encoder, CTC models): finish at once
         self.rows: list[Any] = []
@@ -218,7 +218,7 @@ def collect(
             linear = _module(named, spec.linear_of(producer))
             norm = _module(named, spec.input_norm or "")
             eager = not (seq2seq and spec.module_type.startswith("decoder"))
-            acc = accs[spec.name] = _Accumulator(torch, spec.n_units, spec.hidden, shifts[spec.name], recorder, eager)
+            acc = accs[spec.name] = _Accumulator(torch, spec.hidden, shifts[spec.name], recorder, eager)
             acc.target = sums[spec.name] = _Sums(torch, spec.n_units, spec.hidden)
             act = _activation(torch, spec.activation)
             hooks.append(

@@ -61,13 +61,14 @@ def evaluate(
     from ..distributed import init_distributed
 
     dist, target = init_distributed(device) if shared and os.environ.get("WORLD_SIZE", "1") != "1" else (None, None)
+    shown = progress if dist is None or dist.main else False  # under torchrun, process 0's bars only
     # a broken model fails before the audio is decoded
     runtime = open_runtime(
         model_dir,
         device=str(target) if target is not None else device,
         threads=threads,
         compute_type=compute_type,
-        progress=progress if dist is None or dist.main else False,
+        progress=shown,
     )
     utts = utterances if utterances is not None else load_utterances(data, subset, limit)
     norm = _normalizer()
@@ -75,7 +76,7 @@ def evaluate(
     batches = [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
     # under torchrun: batch j on process j mod W (the batches of one process), hypotheses gathered
     mine = batches if dist is None else batches[dist.rank :: dist.world]
-    bar = Progress(sum(map(len, mine)), "eval", progress if dist is None or dist.main else False)
+    bar = Progress(sum(map(len, mine)), "eval", shown)
     start = time.monotonic()
     results: dict[int, tuple[str, bool]] = {}
     for idx in mine:

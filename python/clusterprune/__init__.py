@@ -11,6 +11,7 @@ Importing it imports neither torch nor transformers.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from ._version import __version__
@@ -72,12 +73,14 @@ def selfgen(
     progress: bool | None = None,
     overwrite: bool = False,
     device: str = "cpu",
+    layer_inputs: bool = False,
 ) -> ActivationStats | None:
     """Activation statistics of the dense model on self-generated inputs, written to ``out``
     (needs torch + transformers; see ``clusterprune selfgen --help``); an existing ``out`` is
     replaced only with ``overwrite`` (checked before the work). ``audio``: ``"synth"`` (the
     source-filter synthesiser) or ``"espeak"`` (the model's own transcripts read by espeak-ng).
-    ``device``: where the model runs. Under torchrun the clips are shared out over the processes
+    ``device``: where the model runs. ``layer_inputs``: also the second moments of every linear
+    layer's input (what ``palettize --stats`` reads). Under torchrun the clips are shared out over the processes
     and process 0 writes ``out`` (the same file for any number of processes) and gets the
     statistics; the other processes get None."""
     from .io.output import check_file_destination
@@ -85,7 +88,11 @@ def selfgen(
     check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
     from .activations.collect import SelfGenConfig, collect
 
-    stats = collect(model_dir, SelfGenConfig(clips, seed, decoder_samples, audio), progress=progress, device=device)
+    scratch = Path(out).resolve().parent
+    while not scratch.is_dir():  # the Gram sums' scratch file goes beside the output: the nearest existing folder
+        scratch = scratch.parent
+    config = SelfGenConfig(clips, seed, decoder_samples, audio, layer_inputs)
+    stats = collect(model_dir, config, progress=progress, device=device, scratch=scratch)
     if stats is not None:
         stats.save(out)
     return stats

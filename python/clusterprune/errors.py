@@ -42,3 +42,11 @@ class OutputExistsError(ClusterpruneError, FileExistsError):
 
 class DeviceUnavailableError(ClusterpruneError, RuntimeError):
     """The requested compute device is not available."""
+
+
+def path_argument(value: object, what: str) -> None:
+    """Refuses an argument that should be a path and is not (a str or an os.PathLike)."""
+    import os
+
+    if not isinstance(value, (str, os.PathLike)):
+        raise InvalidArgumentError(f"{what} must be a path (str or os.PathLike), not {type(value).__name__}")

@@ -3,7 +3,6 @@ destination files; the destination appears (atomic rename) only when complete.""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from .engine.xp import kmeans_xp, namespace, to_host
 from .errors import InvalidArgumentError
 from .fusion import expand, fold, relabel_by_first_member
 from .io.checkpoint import INDEX, Checkpoint
+from .io.jsontext import dumps
 from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compression_record
 from .io.output import atomic_directory, check_destination
 from .io.resolve import resolve_model
@@ -185,7 +185,11 @@ def execute(
             for fname, f in ckpt.files.items():
                 names = [n for n in ckpt.names() if ckpt.where[n] == fname]
                 entries = [(n, ckpt.info(n).dtype, shapes[n]) for n in names]
-                metadata = {**f.metadata, "format": f.metadata.get("format", "pt"), METADATA_KEY: json.dumps(meta_plan)}
+                metadata = {
+                    **f.metadata,
+                    "format": f.metadata.get("format", "pt"),
+                    METADATA_KEY: dumps(meta_plan, METADATA_KEY),
+                }
                 writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
             done: set[str] = set()
             bar = Progress(len(plan.modules), "compress", progress)
@@ -213,7 +217,7 @@ def execute(
                 for m in plan.modules
             )
         report.seconds = time.monotonic() - started
-        (tmp / PLAN_FILE).write_text(json.dumps(report.to_dict(run_details=False), indent=2))
+        (tmp / PLAN_FILE).write_text(dumps(report.to_dict(run_details=False), PLAN_FILE, indent=2))
     return report
 
 
@@ -234,6 +238,12 @@ def _compress_module(
     if recipe.method == "obs":
         ctx = with_moments(ctx, spec, parts, plan.stats, plan.seed)
     labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
+    if not np.isfinite(rel):
+        count = f" ({plan.stats.infos()[spec.name].count} positions for {m.n_units} neurons)" if plan.stats else ""
+        raise InvalidArgumentError(
+            f"{spec.name}: its activation covariance is too close to singular to rank its neurons{count}: "
+            "make the statistics with more --clips"
+        )
     xp = compute.namespace()
     on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
@@ -278,7 +288,7 @@ def _copy_aux_files(ckpt: Checkpoint, tmp: Path, plan: Plan, export: str) -> Non
     if export == "folded":
         config[FOLDED_KEY] = {"modules": {m.name: m.k for m in plan.modules}, "version": __version__}
     if export == "folded" or FOLDED_KEY in ckpt.config:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "config.json").write_text(dumps(config, "config.json", indent=2) + "\n")
 
 
 def _write_index(ckpt: Checkpoint, tmp: Path, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -286,7 +296,7 @@ def _write_index(ckpt: Checkpoint, tmp: Path, shapes: dict[str, tuple[int, ...]]
     index["metadata"] = {**dict(index.get("metadata") or {}), "total_size": ckpt.total_bytes(shapes)}
     if ckpt.unlisted:  # tensors the source's index forgot are listed where they are stored
         index["weight_map"] = {**index["weight_map"], **{n: ckpt.where[n] for n in ckpt.unlisted}}
-    (tmp / INDEX).write_text(json.dumps(index, indent=2))
+    (tmp / INDEX).write_text(dumps(index, INDEX, indent=2))
 
 
 def compress(

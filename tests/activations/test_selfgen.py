@@ -86,10 +86,10 @@ def test_a_version_1_file_with_damage_curves_still_reads_and_an_unknown_version_
     m = load_stats(path).modules["m.ffn"]
     assert m.mean.tobytes() == m0.mean.tobytes() and m.cov.tobytes() == m0.cov.tobytes() and m.count == 30
     newer = tmp_path / "newer.safetensors"
-    w = SafetensorsWriter(newer, [("m.ffn.mean", "F64", (4,))], {STATS_KEY: json.dumps({**meta, "version": 3})})
+    w = SafetensorsWriter(newer, [("m.ffn.mean", "F64", (4,))], {STATS_KEY: json.dumps({**meta, "version": 4})})
     w.write("m.ffn.mean", m0.mean)
     w.close()
-    with pytest.raises(CorruptCheckpointError, match=r"newer\.safetensors: statistics format version 3 is not one"):
+    with pytest.raises(CorruptCheckpointError, match=r"newer\.safetensors: statistics format version 4 is not one"):
         load_stats(newer)
 
 

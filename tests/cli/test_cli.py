@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from clusterprune import cli
-from clusterprune.io.safetensors import SafetensorsFile, SafetensorsWriter
+from hostile import rewrite
 
 pytest.importorskip("torch")
 
@@ -97,22 +97,6 @@ def test_corrupt_header(capsys, tmp_path, whisper_copy):
     assert "model.safetensors" in err
     f.write_bytes(struct.pack("<Q", 10**9) + b"{}")
     expect_error(capsys, tmp_path, [], "header length 1000000000 exceeds", src=whisper_copy)
-
-
-def rewrite(path: Path, change) -> None:
-    """Rewrites a safetensors file with `change(name, array) -> array` applied."""
-    with SafetensorsFile(path) as f:
-        arrays = {n: np.array(f.raw(n)) for n in f.tensors}
-        dtypes = {n: f.tensors[n].dtype for n in f.tensors}
-    arrays = {n: change(n, a) for n, a in arrays.items()}
-    tmp = path.with_suffix(".new")
-    codes = {np.dtype("int8"): "I8", np.dtype("float32"): "F32"}
-    entries = [(n, codes.get(a.dtype, dtypes[n]), a.shape) for n, a in arrays.items()]
-    w = SafetensorsWriter(tmp, entries, {"format": "pt"})
-    for n, a in arrays.items():
-        w.write(n, a)
-    w.close()
-    tmp.replace(path)
 
 
 def test_unsupported_dtype(capsys, tmp_path, whisper_copy):

@@ -9,9 +9,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from clusterprune.io.checkpoint import Checkpoint
 from clusterprune.io.output import atomic_directory
 from clusterprune.io.safetensors import SafetensorsFile, SafetensorsWriter
 from conftest import LIBRISPEECH
+from hostile import one_line_error, rewrite, run, sigterm_mid_run
 
 torch = pytest.importorskip("torch")
 
@@ -35,37 +33,8 @@ def tree_hash(root: Path) -> dict[str, str]:
     }
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(capsys, args, pattern: str, code: int = 1) -> str:
-    got, _, err = run(capsys, *args)
-    assert got == code, err
-    assert err.startswith("clusterprune: error: ") and err.count("\n") == 1, err
-    assert pattern in err, err
-    return err
-
-
 def debris(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
-
-
-def rewrite(path: Path, change, drop: tuple[str, ...] = ()) -> None:
-    """Rewrites a safetensors file with `change(name, array) -> array`, without the `drop` tensors."""
-    with SafetensorsFile(path) as f:
-        arrays = {n: np.array(f.raw(n)) for n in f.tensors if n not in drop}
-        dtypes = {n: f.tensors[n].dtype for n in f.tensors}
-        meta = dict(f.metadata)
-    arrays = {n: change(n, a) for n, a in arrays.items()}
-    kinds = {n: "I8" if a.dtype == np.int8 else dtypes[n] for n, a in arrays.items()}
-    w = SafetensorsWriter(path.with_suffix(".new"), [(n, kinds[n], a.shape) for n, a in arrays.items()], meta)
-    for n, a in arrays.items():
-        w.write(n, a)
-    w.close()
-    path.with_suffix(".new").replace(path)
 
 
 # ---------------------------------------------------------------- 1. the input is never damaged
@@ -172,7 +141,7 @@ def test_os_level_failures_are_one_line(capsys, tmp_path, checkpoints, whisper_c
         one_line_error(capsys, ["compress", checkpoints["whisper"], locked / "x"], "cannot write here")
     (tmp_path / "a-file").write_text("")
     one_line_error(
-        capsys, ["compress", checkpoints["whisper"], tmp_path / "a-file" / "sub" / "x"], "cannot create the folder"
+        capsys, ["compress", checkpoints["whisper"], tmp_path / "a-file" / "sub" / "x"], "a-file is not a directory"
     )
     one_line_error(
         capsys,
@@ -207,21 +176,9 @@ def test_argparse_errors_are_one_line(capsys, checkpoints, tmp_path):
 
 
 def test_sigterm_leaves_nothing(tmp_path, checkpoints):
-    script = (
-        "import sys, time\nfrom clusterprune import cli, pipeline\nreal = pipeline._compress_module\n"
-        "def slow(*a, **k):\n    print('started', flush=True); time.sleep(30); return real(*a, **k)\n"
-        "pipeline._compress_module = slow\nsys.exit(cli.main(sys.argv[1:]))\n"
-    )
-    p = subprocess.Popen(
-        [sys.executable, "-c", script, "compress", str(checkpoints["whisper"]), str(tmp_path / "o")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert p.stdout.readline().strip() == "started"
-    p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 143 and "terminated" in err
+    args = ["compress", str(checkpoints["whisper"]), str(tmp_path / "o")]
+    code, err = sigterm_mid_run("clusterprune.pipeline", "_compress_module", args)
+    assert code == 143 and "terminated" in err
     assert sorted(x.name for x in tmp_path.iterdir()) == []
 
 

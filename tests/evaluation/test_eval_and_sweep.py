@@ -221,7 +221,7 @@ def test_sweep_bits_axis_palettizes_evaluates_and_plots(trainable, tmp_path, cap
     assert pal[("uniform", 2)]["size_ratio"] < pal[("uniform", 6)]["size_ratio"]  # (rows of 32: tables dominate)
     for b in (6, 2):  # the error plan spends at most the uniform plan's compact size
         assert pal[("error", b)]["bytes_compact"] <= pal[("uniform", b)]["bytes_compact"]
-    assert (out / "wer_vs_bits.png").is_file() and "| palettize | bits |" in (out / "results.md").read_text()
+    assert (out / "wer_vs_bits.png").is_file() and "| palettize | by | bits |" in (out / "results.md").read_text()
     assert not (out / "models").exists() or not any((out / "models").iterdir())
     capsys.readouterr()
     assert cli.main([*args[:-2], "--bits", "9", "--out", str(tmp_path / "bad")]) == 1

@@ -65,6 +65,8 @@ def test_split_package_is_reassembled_and_checked(tmp_path, monkeypatch, tiny_en
     _fake_distribution(site, "tiny-split-part1", {**aux, "model.bin": blob[:cut]})
     _fake_distribution(site, "tiny-split-part2", {"model.bin": blob[cut:]})
     _fake_distribution(site, "tiny-broken-part1", {**aux, "model.bin": blob[:cut]})
+    _fake_distribution(site, "tiny-three-part1", {**aux, "model.bin": blob[:cut]})
+    _fake_distribution(site, "tiny-three-part2", {"model.bin": blob[cut : 2 * cut]})
     monkeypatch.syspath_prepend(str(site))
     out = import_ct2(None, tmp_path / "out", package="tiny-split-part1")
     from clusterprune.io.checkpoint import Checkpoint
@@ -76,6 +78,11 @@ def test_split_package_is_reassembled_and_checked(tmp_path, monkeypatch, tiny_en
     with pytest.raises(CorruptCheckpointError, match="incomplete"):
         import_ct2(None, tmp_path / "broken", package="tiny-broken-part1")
     assert not (tmp_path / "broken").exists()
+    # the parts found are named with the bytes they hold, then the first part missing
+    with pytest.raises(CorruptCheckpointError) as info:
+        import_ct2(None, tmp_path / "three", package="tiny-three-part1")
+    assert f"tiny-three-part1, tiny-three-part2 hold {2 * cut} bytes" in str(info.value)
+    assert "the next part, tiny-three-part3, is not installed" in str(info.value)
     with pytest.raises(CheckpointNotFoundError, match="not installed"):
         import_ct2(None, tmp_path / "x", package="no-such-package-xyz")
 

@@ -41,6 +41,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
+def _silence_stdout() -> None:
+    """Points standard output at /dev/null, so that flushing it at exit raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def _fail(message: str) -> int:
     print(f"clusterprune: error: {message}", file=sys.stderr)
     return 1
@@ -62,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Terminated:
         print("clusterprune: terminated; no output was written", file=sys.stderr)
         return 143
+    except BrokenPipeError:  # the reader of our output went away (`... | head -1`): quiet, as coreutils
+        _silence_stdout()
+        return 141
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"{where}{exc.strerror or exc}")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
+
+from ..io.jsontext import dumps
 
 
 def register(sub: Any) -> None:
@@ -24,5 +25,5 @@ def run(args: argparse.Namespace) -> int:
     from ..report import format_inspection
 
     info = inspect(args.src)
-    print(json.dumps(info, indent=2) if args.json else format_inspection(info))
+    print(dumps(info, "inspect --json", indent=2) if args.json else format_inspection(info))
     return 0

@@ -34,6 +34,14 @@ def register(sub: Any) -> None:
         help="first compress SRC at this sparsity (folded export), then palettize the folded model",
     )
     c.add_argument("--recipe", type=recipe_name, metavar="NAME", help="recipe of that first step (default datafree)")
+    c.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="self-generated statistics (clusterprune selfgen): with --layer-inputs moments in it, each layer is "
+        "palettized against its output error (tables weighted by the input's second moment, indices chosen "
+        "column by column with the error compensated); also read by the --sparsity step's recipe "
+        "(datafree-selfgen)",
+    )
     c.add_argument("--report", metavar="JSON", help="write the per-tensor plan and sizes as JSON")
     c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     c.add_argument("--threads", type=int, help="worker threads of the Rust engine (default: all cores)")
@@ -55,13 +63,14 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe and args.sparsity is None:
         from ..errors import InvalidArgumentError
 
-        raise InvalidArgumentError("--recipe names the first (compress) step: give --sparsity too")
+        raise InvalidArgumentError("--recipe is for the first (compress) step: give --sparsity too")
     report = palettize(
         args.src,
         args.dst,
         format=args.format,
         sparsity=args.sparsity,
         recipe=args.recipe,
+        stats=args.stats,
         overwrite=args.overwrite,
         progress=False if args.quiet else args.progress,
         num_threads=args.threads,

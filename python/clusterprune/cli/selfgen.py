@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
         default="cpu",
         help="torch device the model runs on (default cpu; e.g. cuda; under torchrun: each process's own GPU)",
     )
+    c.add_argument(
+        "--layer-inputs",
+        action="store_true",
+        help="also record the second moments of every linear layer's input, for `palettize --stats` "
+        "(a larger file: about d^2 / 2 float32 per attention and FFN input)",
+    )
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     c.add_argument(
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         progress=False if args.quiet else args.progress,
         overwrite=args.overwrite,
         device=args.device,
+        layer_inputs=args.layer_inputs,
     )
     if args.quiet or stats is None:  # under torchrun, process 0 writes and reports
         return 0

@@ -50,7 +50,12 @@ def register(sub: Any) -> None:
     )
     w.add_argument("--granularity", help="palettize granularity (default per-channel)")
     w.add_argument("--group-size", type=int, help="palettize rows per table with per-grouped-channel")
-    w.add_argument("--stats", metavar="FILE", help="statistics of `clusterprune selfgen` (datafree-selfgen cells)")
+    w.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="statistics of `clusterprune selfgen`: read by datafree-selfgen cells; made with --layer-inputs, "
+        "every --bits cell is also palettized by the output error",
+    )
     w.add_argument("--out", required=True, help="output directory")
     w.set_defaults(run=run)
 

@@ -20,12 +20,20 @@ def check_bits(bits: list[int], allocations: list[str]) -> None:
             raise InvalidArgumentError(f"--bit-allocations {a!r} is not one of: {', '.join(ALLOCATIONS)}")
 
 
-def cell_key(allocation: str, bits: int) -> str:
-    return f"palettize-{allocation}-{bits}b"
+def cell_key(allocation: str, bits: int, stats: bool = False) -> str:
+    return f"palettize-{allocation}-{bits}b" + ("-stats" if stats else "")
 
 
-def palettize_cell(model_dir: Path, dst: Path, allocation: str, bits: int, options: dict[str, Any]) -> dict[str, Any]:
-    """Palettizes one cell; the fields its results row records."""
+def palettize_cell(
+    model_dir: Path,
+    dst: Path,
+    allocation: str,
+    bits: int,
+    options: dict[str, Any],
+    stats: str | Path | None = None,
+) -> dict[str, Any]:
+    """Palettizes one cell (``stats``: against each layer's output error, with the layer-input
+    moments of that file); the fields its results row records."""
     mixed = {"avg_bits": float(bits)} if allocation == "error" else {}
     report = palettize(
         model_dir,
@@ -35,11 +43,13 @@ def palettize_cell(model_dir: Path, dst: Path, allocation: str, bits: int, optio
         format="compact",
         overwrite=True,
         progress=False,
+        stats=stats,
         **mixed,
         **options,
     )
     return {
         "method": "palettize",
+        "output_error": stats is not None,
         "allocation": allocation,
         "sparsity": 0.0,
         "achieved_sparsity": 0.0,
@@ -51,17 +61,21 @@ def palettize_cell(model_dir: Path, dst: Path, allocation: str, bits: int, optio
 
 
 def bits_table(rows: list[dict[str, Any]], dense_wer: float) -> list[str]:
-    pal = sorted((r for r in rows if r["method"] == "palettize"), key=lambda r: (r["allocation"], -r["bits"]))
+    pal = sorted(
+        (r for r in rows if r["method"] == "palettize"),
+        key=lambda r: (r["allocation"], r.get("output_error", False), -r["bits"]),
+    )
     if not pal:
         return []
     lines = [
         "",
-        "| palettize | bits | avg bits | compact size / fp16 | WER % | x dense |",
-        "|---|---|---|---|---|---|",
+        "| palettize | by | bits | avg bits | compact size / fp16 | WER % | x dense |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in pal:
+        by = "output error (--stats)" if r.get("output_error") else "weight error"
         lines.append(
-            f"| {r['allocation']} | {r['bits']} | {r['avg_bits']:.2f} | {r['size_ratio']:.3f} | "
+            f"| {r['allocation']} | {by} | {r['bits']} | {r['avg_bits']:.2f} | {r['size_ratio']:.3f} | "
             f"{100 * r['wer']:.2f} | {r['wer'] / dense_wer:.2f} |"
         )
     return lines
@@ -74,9 +88,14 @@ def plot_bits(rows: list[dict[str, Any]], out: Path, plt: Any) -> None:
         return
     dense = next(r["wer"] for r in rows if r["method"] == "dense")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for alloc in sorted({r["allocation"] for r in pal}):
-        pts = sorted((r["avg_bits"], 100 * r["wer"]) for r in pal if r["allocation"] == alloc)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"palettize / {alloc}")
+    for alloc, by in sorted({(r["allocation"], r.get("output_error", False)) for r in pal}):
+        pts = sorted(
+            (r["avg_bits"], 100 * r["wer"])
+            for r in pal
+            if (r["allocation"], r.get("output_error", False)) == (alloc, by)
+        )
+        label = f"palettize / {alloc}" + (" / output error" if by else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.axhline(100 * dense, color="k", linestyle="--", label="dense")
     ax.set_xlabel("bits per palettized weight")
     ax.set_ylabel("WER (%)")

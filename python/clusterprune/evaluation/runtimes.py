@@ -4,12 +4,13 @@ no timestamps, every hypothesis cut at its own utterance's length bound."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+from typing import Any
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError
 from ..exporters.ct2 import EXPORT_FILE, is_ct2_dir
+from ..io.checkpoint import read_json
 from ..io.resolve import resolve_model
 from ..models.hf import load_model, torch_device
 from ..models.whisper import max_new_tokens
@@ -54,6 +55,43 @@ class HfRuntime:
         return self.family.transcribe(self.model, self.processor, batch, language, task)
 
 
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _check_ct2_files(model_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The files a CTranslate2 Whisper directory needs, each present and readable (one line naming
+    the first that is not); returns (export record, generation config), empty when absent."""
+    for name in ("model.bin", "config.json", "tokenizer.json", "preprocessor_config.json"):
+        if not (model_dir / name).is_file():
+            raise CheckpointNotFoundError(f"{model_dir / name}: file not found (a CTranslate2 directory needs it)")
+    vocabularies = [model_dir / n for n in ("vocabulary.json", "vocabulary.txt") if (model_dir / n).is_file()]
+    if not vocabularies:
+        raise CheckpointNotFoundError(
+            f"{model_dir / 'vocabulary.json'}: file not found (a CTranslate2 directory needs it)"
+        )
+    if vocabularies[0].suffix == ".json" and not isinstance(read_json(vocabularies[0]), list):
+        raise CorruptCheckpointError(f"{vocabularies[0]}: not a JSON list of tokens")
+    out = []
+    for name in ("config.json", "preprocessor_config.json", "tokenizer.json", EXPORT_FILE, "generation_config.json"):
+        data = read_json(model_dir / name) if (model_dir / name).is_file() else {}
+        if not isinstance(data, dict):
+            raise CorruptCheckpointError(f"{model_dir / name}: not a JSON object")
+        out.append(data)
+    record, gen = out[3], out[4]
+    bound = record.get("max_target_positions", gen.get("max_length", 448))
+    if isinstance(bound, bool) or not isinstance(bound, int) or bound < 8:
+        raise CorruptCheckpointError(f"{model_dir / EXPORT_FILE}: max_target_positions {bound!r} is not a length")
+    for key in ("lang_to_id", "task_to_id"):
+        table = gen.get(key) or {}
+        if not isinstance(table, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in table.values()
+        ):
+            raise CorruptCheckpointError(f"{model_dir / 'generation_config.json'}: {key} is not a table of token ids")
+    return record, gen
+
+
 class Ct2Runtime:
     """A CTranslate2 Whisper directory (``clusterprune export-ct2``) in ctranslate2."""
 
@@ -73,23 +111,33 @@ class Ct2Runtime:
         if device not in ("cpu", "cuda", "auto"):
             raise InvalidArgumentError(f"--device {device!r}: CTranslate2 runs on cpu, cuda or auto")
         self.ctranslate2 = ctranslate2
+        record, gen = _check_ct2_files(model_dir)
         try:
             self.model = ctranslate2.models.Whisper(
                 str(model_dir), device=device, compute_type=compute_type, intra_threads=threads or 0
             )
-            self.processor = transformers.WhisperProcessor.from_pretrained(model_dir)
         except (RuntimeError, ValueError, OSError) as exc:
-            raise CorruptCheckpointError(f"{model_dir}: cannot load the CTranslate2 model: {exc}") from None
-        record = json.loads((model_dir / EXPORT_FILE).read_text()) if (model_dir / EXPORT_FILE).is_file() else {}
-        gen_path = model_dir / "generation_config.json"
-        gen = json.loads(gen_path.read_text()) if gen_path.is_file() else {}
+            raise CorruptCheckpointError(
+                f"{model_dir / 'model.bin'}: CTranslate2 cannot load it: {_first(exc)}"
+            ) from None
+        try:
+            self.processor = transformers.WhisperProcessor.from_pretrained(model_dir)
+        except Exception as exc:  # transformers raises many kinds for damaged tokenizer / feature files
+            raise CorruptCheckpointError(
+                f"{model_dir}: cannot load the Whisper processor (tokenizer.json, tokenizer_config.json, "
+                f"preprocessor_config.json): {_first(exc)}"
+            ) from None
         tok = self.processor.tokenizer
-        self.sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
-        self.notimestamps = tok.convert_tokens_to_ids("<|notimestamps|>")
-        self.eot = tok.convert_tokens_to_ids("<|endoftext|>")
+        ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|startoftranscript|>", "<|notimestamps|>", "<|endoftext|>")}
+        for token, i in ids.items():
+            if not isinstance(i, int) or i == tok.unk_token_id and token != tok.unk_token:
+                raise CorruptCheckpointError(
+                    f"{model_dir / 'tokenizer.json'}: no {token} token: not a Whisper tokenizer"
+                )
+        self.sot, self.notimestamps, self.eot = ids.values()
         self.lang_to_id: dict[str, int] = gen.get("lang_to_id") or {}
         self.task_to_id: dict[str, int] = gen.get("task_to_id") or {}
-        self.max_target = int(record.get("max_target_positions", gen.get("max_length", 448)))
+        self.max_target = record.get("max_target_positions", gen.get("max_length", 448))
         self.device = device
         self.family_name = "whisper"
         self.compute_type = compute_type

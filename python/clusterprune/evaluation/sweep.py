@@ -215,19 +215,24 @@ def sweep(
             log(f"  {cell}: WER {100 * result['wer']:.2f} %, achieved sparsity {plan.achieved_sparsity:.4f}")
             if not keep_models:
                 shutil.rmtree(dst, ignore_errors=True)
-    for allocation in bit_allocations:
-        for b in bits:
-            cell = cell_key(allocation, b)
-            if cell in done:
-                continue
-            log(f"{cell} ...")
-            dst = out / "models" / cell
-            fields = palettize_cell(model_dir, dst, allocation, b, palette_options or {})
-            result = evaluated(dst)
-            record(cell, result, **fields)
-            log(f"  {cell}: WER {100 * result['wer']:.2f} %, {fields['size_ratio']:.3f} x the fp16 size")
-            if not keep_models:
-                shutil.rmtree(dst, ignore_errors=True)
+    by_stats = [False]
+    if bits and stats is not None:
+        from ..io.stats import load_stats
+
+        if load_stats(stats).inputs:  # layer-input moments: every bits cell also by the output error
+            by_stats.append(True)
+    for allocation, b, with_stats in ((a, b, s) for a in bit_allocations for b in bits for s in by_stats):
+        cell = cell_key(allocation, b, with_stats)
+        if cell in done:
+            continue
+        log(f"{cell} ...")
+        dst = out / "models" / cell
+        fields = palettize_cell(model_dir, dst, allocation, b, palette_options or {}, stats if with_stats else None)
+        result = evaluated(dst)
+        record(cell, result, **fields)
+        log(f"  {cell}: WER {100 * result['wer']:.2f} %, {fields['size_ratio']:.3f} x the fp16 size")
+        if not keep_models:
+            shutil.rmtree(dst, ignore_errors=True)
     dense_wer = next(r["wer"] for r in rows if r["method"] == "dense")
     summary = {"dense_wer": dense_wer, "lossless_sparsity": lossless_sparsity(rows, dense_wer), "rows": rows}
     (out / "results.md").write_text(markdown_table(rows, summary["lossless_sparsity"], data_key))

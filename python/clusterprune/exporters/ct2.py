@@ -23,7 +23,6 @@ own ``WhisperSpec`` describes the layout, quantizes (``--quantization``) and wri
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import shutil
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, UnsupportedModelError
 from ..io.checkpoint import Checkpoint, read_json
+from ..io.jsontext import dumps
 from ..io.metadata import read_compression, read_folded
 from ..io.output import atomic_directory, check_destination
 from ..io.palette import refuse_palettized
@@ -103,23 +103,51 @@ def _padded(rows: np.ndarray, width: int, axis: int) -> np.ndarray:
     return np.concatenate([rows, np.zeros(shape, dtype=rows.dtype)], axis=axis)
 
 
-def _vocabulary(tokenizer: dict[str, Any], size: int, where: Path) -> list[str]:
+SPECIAL_TOKENS = ("<|endoftext|>", "<|startoftranscript|>", "<|notimestamps|>")
+
+
+def _vocabulary(tokenizer: dict[str, Any], size: int, config: dict[str, Any], where: Path) -> list[str]:
     """Token of every id 0..size-1: the tokenizer's, then Whisper's timestamp tokens for the
-    tail it lacks (as CTranslate2's own converter does)."""
+    tail it lacks (as CTranslate2's own converter does). Refused when it cannot drive the model:
+    Whisper's special tokens missing or past the model's embedding, or not at the ids the model's
+    config names (an export that could never transcribe)."""
     by_id: dict[int, str] = {}
-    vocab = (tokenizer.get("model") or {}).get("vocab")
+    vocab = (tokenizer.get("model") or {}).get("vocab") if isinstance(tokenizer.get("model"), dict) else None
     if not isinstance(vocab, dict):
         raise CorruptCheckpointError(f"{where}: tokenizer.json has no model.vocab object")
-    for token, i in vocab.items():
-        by_id[int(i)] = token
-    for added in tokenizer.get("added_tokens") or []:
-        by_id[int(added["id"])] = str(added["content"])
+    try:
+        for token, i in vocab.items():
+            by_id[_token_id(i)] = token
+        for added in tokenizer.get("added_tokens") or []:
+            by_id[_token_id(added["id"])] = str(added["content"])
+    except (KeyError, TypeError, ValueError):
+        raise CorruptCheckpointError(f"{where}: tokenizer.json has a token without a valid integer id") from None
     known = 0
     while known in by_id:
         known += 1
     if any(i >= known for i in by_id if i < size):
         raise CorruptCheckpointError(f"{where}: tokenizer.json has no token with id {known}")
-    return [by_id[i] for i in range(min(known, size))] + ["<|%.2f|>" % (i * 0.02) for i in range(size - known)]
+    tokens = [by_id[i] for i in range(min(known, size))] + ["<|%.2f|>" % (i * 0.02) for i in range(size - known)]
+    ids = {token: i for i, token in reversed(list(enumerate(tokens)))}
+    for token in SPECIAL_TOKENS:
+        if token not in ids:
+            raise CorruptCheckpointError(
+                f"{where}: the vocabulary has no {token} among the model's {size} token ids: not this Whisper "
+                "model's tokenizer (the export could not transcribe)"
+            )
+    for key, token in (("decoder_start_token_id", "<|startoftranscript|>"), ("eos_token_id", "<|endoftext|>")):
+        if isinstance(config.get(key), int) and config[key] != ids[token]:
+            raise CorruptCheckpointError(
+                f"{where}: {token} has id {ids[token]}, but config.json's {key} is {config[key]}: "
+                "not this model's tokenizer"
+            )
+    return tokens
+
+
+def _token_id(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
 
 
 def _config(src: Path, config: dict[str, Any], layers: int, heads: int) -> dict[str, Any]:
@@ -263,7 +291,7 @@ def export_ct2(
         spec, done = build_spec(ckpt)
         config = ckpt.config
         vocab_size = int(ckpt.info(next(n for n in ckpt.names() if n.endswith("decoder.embed_tokens.weight"))).shape[0])
-        spec.register_vocabulary(_vocabulary(tokenizer, vocab_size, src / "tokenizer.json"))
+        spec.register_vocabulary(_vocabulary(tokenizer, vocab_size, config, src / "tokenizer.json"))
         for key, value in _config(
             src, config, int(config["decoder_layers"]), int(config["decoder_attention_heads"])
         ).items():
@@ -290,5 +318,5 @@ def export_ct2(
                 if (src / name).is_file():
                     shutil.copy2(src / name, tmp / name)
             export["model_bin_bytes"] = (tmp / "model.bin").stat().st_size
-            (tmp / EXPORT_FILE).write_text(json.dumps(export, indent=2) + "\n")
+            (tmp / EXPORT_FILE).write_text(dumps(export, EXPORT_FILE, indent=2) + "\n")
     return export

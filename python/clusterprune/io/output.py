@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -28,7 +27,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidArgumentError, OutputExistsError
+from ..errors import InvalidArgumentError, OutputExistsError, path_argument
+from .jsontext import dumps
 
 TMP_MARK = ".tmp-"
 LOCK_SUFFIX = ".lock"
@@ -46,6 +46,7 @@ def apply_umask(path: str | os.PathLike[str], bits: int) -> None:
 
 def refuse_inside_sources(path: str | os.PathLike[str], sources: Sources, what: str) -> None:
     """Refuses an output path that is a source, lies inside one, or contains one."""
+    path_argument(path, what)
     p = Path(path).resolve()
     for src in sources:
         s = Path(src).resolve()
@@ -58,6 +59,7 @@ def refuse_inside_sources(path: str | os.PathLike[str], sources: Sources, what: 
 def check_destination(dst: str | os.PathLike[str], *, sources: Sources = (), overwrite: bool = False) -> None:
     """A destination directory may be written: not a source, not inside or around one, and new
     unless ``overwrite``."""
+    path_argument(dst, "the destination")
     dst = Path(dst)
     refuse_inside_sources(dst, sources, "the destination")
     if os.path.lexists(dst) and not overwrite:
@@ -66,6 +68,10 @@ def check_destination(dst: str | os.PathLike[str], *, sources: Sources = (), ove
         raise OutputExistsError(f"{dst}: exists and is not a directory")
     if len(dst.name.encode()) > 255:
         raise InvalidArgumentError(f"{dst}: the name is longer than 255 bytes")
+    existing = next(parent for parent in dst.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise OutputExistsError(f"{dst}: the destination cannot be created: {existing} is not a directory")
+    probe_writable(existing, dst, "the destination")
 
 
 def _missing_parents(path: Path) -> list[Path]:
@@ -194,21 +200,22 @@ def atomic_directory(dst: str | os.PathLike[str], *, overwrite: bool = False, so
     created = _make_parents(dst)
     lock_fd = -1
     tmp: Path | None = None
+    published = False
     try:
         remove_stale_temporaries(dst.parent)
         lock_fd, tmp = _locked_temporary(dst)
         yield tmp
         _publish(tmp, dst, overwrite)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        _remove_parents(created)
-        raise
+        published = True
     finally:
         if tmp is not None:
+            if not published:
+                shutil.rmtree(tmp, ignore_errors=True)
             Path(tmp.with_name(tmp.name + LOCK_SUFFIX)).unlink(missing_ok=True)
         if lock_fd >= 0:
             os.close(lock_fd)
+        if not published:  # after the lock file went: the folders it sat in are empty now
+            _remove_parents(created)
 
 
 def check_file_destination(
@@ -225,6 +232,18 @@ def check_file_destination(
     existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
     if not existing.is_dir():
         raise OutputExistsError(f"{path}: {what} cannot be created: {existing} is not a directory")
+    probe_writable(existing, path, what)
+
+
+def probe_writable(folder: Path, path: str | os.PathLike[str], what: str) -> None:
+    """Creates and removes a file in ``folder``: the one sure test that ``path`` can be written
+    there (permissions, a read-only file system, ACLs), made before the work."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".clusterprune-probe-", dir=folder)
+    except OSError as exc:
+        raise OutputExistsError(f"{path}: {what} cannot be written in {folder}: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 @contextlib.contextmanager
@@ -254,7 +273,6 @@ def atomic_file(
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any, *, sources: Sources = ()) -> None:
     """Writes ``data`` as JSON to ``path`` through a temporary file and one rename."""
+    text = dumps(data, str(path), indent=2) + "\n"  # refused before anything is written
     with atomic_file(path, sources=sources, what="the JSON file") as tmp:
-        with open(tmp, "w") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
+        Path(tmp).write_text(text)

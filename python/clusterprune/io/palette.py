@@ -113,17 +113,57 @@ def header_entry(p: Palettized) -> dict[str, Any]:
     return {"shape": list(p.shape), "dtype": p.dtype, "bits": p.bits, "group_rows": p.group_rows}
 
 
+LUT_DTYPES = ("F16", "BF16", "F32")
+MAX_ELEMENTS = 1 << 40  # no model tensor comes near: a larger shape is a damaged entry
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One palettized tensor as a compact file declares it, checked against the file's tensor
+    table: every part present with the dtype and shape (byte count) the entry implies."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bits: int
+    group_rows: int
+    scales: bool
+    outliers: int
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        return int(np.prod(self.shape[1:], dtype=np.int64)) if len(self.shape) > 1 else 1
+
+
 def _entry(where: Path, name: str, raw: Any) -> tuple[tuple[int, ...], str, int, int]:
+    if not isinstance(raw, dict):
+        raise CorruptCheckpointError(f"{where}: palette entry of {name} is not a JSON object")
     try:
-        shape = tuple(int(d) for d in raw["shape"])
-        dtype, bits, group_rows = str(raw["dtype"]), int(raw["bits"]), int(raw["group_rows"])
+        shape = tuple(_integer(d) for d in raw["shape"])
+        dtype, bits, group_rows = raw["dtype"], _integer(raw["bits"]), _integer(raw["group_rows"])
     except (KeyError, TypeError, ValueError):
-        raise CorruptCheckpointError(f"{where}: palette entry of {name} is malformed") from None
-    if not shape or any(d < 0 for d in shape) or not 1 <= bits <= 8 or dtype not in STORAGE:
-        raise CorruptCheckpointError(f"{where}: palette entry of {name} is out of range ({raw})")
+        raise CorruptCheckpointError(
+            f"{where}: palette entry of {name} is malformed: {json.dumps(raw)[:200]}"
+        ) from None
+    if not isinstance(dtype, str) or dtype not in STORAGE or dtype not in LUT_DTYPES + ("F64",):
+        raise CorruptCheckpointError(f"{where}: palette entry of {name} has unknown dtype {dtype!r}")
+    if not shape or any(d < 1 for d in shape) or math.prod(shape) > MAX_ELEMENTS:
+        raise CorruptCheckpointError(f"{where}: palette entry of {name} has an impossible shape {list(shape)}")
+    if not 1 <= bits <= 8:
+        raise CorruptCheckpointError(f"{where}: palette entry of {name} has {bits} bits (1 to 8)")
     if group_rows < 1 or shape[0] % group_rows:
         raise CorruptCheckpointError(f"{where}: {name}: group size {group_rows} does not divide {shape[0]} rows")
     return shape, dtype, bits, group_rows
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(value)
+    return value
 
 
 def read_entries(metadata: dict[str, str], where: Path) -> dict[str, Any]:
@@ -140,49 +180,109 @@ def read_entries(metadata: dict[str, str], where: Path) -> dict[str, Any]:
     return entries
 
 
-def _decode(ckpt: Checkpoint, name: str, raw: Any, where: Path) -> np.ndarray:
+def _check_part(ckpt: Checkpoint, where: Path, part: str, dtypes: tuple[str, ...], shape: tuple[int, ...]) -> None:
+    info = ckpt.info(part)
+    if info.dtype not in dtypes:
+        raise CorruptCheckpointError(f"{where}: {part} is {info.dtype}, expected {' or '.join(dtypes)}")
+    if tuple(info.shape) != shape:
+        raise CorruptCheckpointError(f"{where}: {part} has shape {list(info.shape)}, expected {list(shape)}")
+
+
+def layouts(ckpt: Checkpoint) -> dict[str, Layout]:
+    """Every palettized tensor of a compact checkpoint, its entry checked against its parts: the
+    one reader of the format's structure (inspect, eval and load_palettized go through it). A
+    part without an entry, an entry without its parts, a plain tensor of the same name, a part in
+    another file or of a wrong dtype, shape or byte count: one line naming the file and tensor."""
+    out: dict[str, Layout] = {}
+    for fname, f in ckpt.files.items():
+        where = ckpt.path / fname
+        f.verify_digest()  # a compact file carries one (files written before it did are read unchecked)
+        for name, raw in read_entries(f.metadata, where).items():
+            if name in out:
+                raise CorruptCheckpointError(f"{where}: palettized tensor {name} is declared in two files")
+            out[name] = _layout(ckpt, name, raw, where)
+    for part in ckpt.names():
+        if is_palette_part(part):
+            owner = next(part[: -len(s)] for s in SUFFIXES.values() if part.endswith(s))
+            if owner not in out:
+                raise CorruptCheckpointError(
+                    f"{ckpt.file_of(part)}: tensor {part} belongs to no palette entry (the '{HEADER_KEY}' metadata "
+                    "lost it)"
+                )
+    return out
+
+
+def _layout(ckpt: Checkpoint, name: str, raw: Any, where: Path) -> Layout:
     shape, dtype, bits, group_rows = _entry(where, name, raw)
-    rows = shape[0]
-    cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    if name in ckpt.where:
+        raise CorruptCheckpointError(f"{where}: tensor {name} is stored both plain and palettized")
     for part in ("lut", "indices"):
         if name + SUFFIXES[part] not in ckpt.where:
             raise CorruptCheckpointError(f"{where}: palettized tensor {name} has no {name + SUFFIXES[part]}")
+    for part in SUFFIXES.values():
+        if name + part in ckpt.where and ckpt.file_of(name + part) != where:
+            raise CorruptCheckpointError(f"{ckpt.file_of(name + part)}: {name + part} is not in {where.name}")
+    lay = Layout(name, shape, dtype, bits, group_rows, name + SUFFIXES["scales"] in ckpt.where, 0)
     lut_name = name + SUFFIXES["lut"]
+    _check_part(ckpt, where, lut_name, LUT_DTYPES, (lay.rows // group_rows, 2**bits))
     lut_dtype = ckpt.info(lut_name).dtype
-    lut = ckpt.f32(lut_name)
-    if lut.shape != (rows // group_rows, 2**bits):
-        raise CorruptCheckpointError(
-            f"{where}: {lut_name} has shape {lut.shape}, expected {(rows // group_rows, 2**bits)}"
-        )
-    try:
-        indices = unpack_indices(ckpt.raw(name + SUFFIXES["indices"]), bits, rows * cols).reshape(rows, cols)
-    except ValueError as exc:
-        raise CorruptCheckpointError(f"{where}: {name + SUFFIXES['indices']}: {exc}") from None
+    _check_part(ckpt, where, name + SUFFIXES["indices"], ("U8",), (math.ceil(lay.rows * lay.cols * bits / 8),))
+    if lay.scales:
+        _check_part(ckpt, where, name + SUFFIXES["scales"], (lut_dtype,), (lay.rows,))
+    pos, val = name + SUFFIXES["positions"], name + SUFFIXES["values"]
+    if (pos in ckpt.where) != (val in ckpt.where):
+        missing = val if pos in ckpt.where else pos
+        raise CorruptCheckpointError(f"{where}: palettized tensor {name} has outliers without {missing}")
+    if pos in ckpt.where:
+        n = ckpt.info(pos).shape[0] if len(ckpt.info(pos).shape) == 1 else -1
+        if not 1 <= n <= lay.rows * lay.cols:
+            raise CorruptCheckpointError(f"{where}: {pos} has shape {list(ckpt.info(pos).shape)}")
+        _check_part(ckpt, where, pos, ("I64",), (n,))
+        _check_part(ckpt, where, val, (dtype,), (n,))
+        lay = Layout(name, shape, dtype, bits, group_rows, lay.scales, n)
+    return lay
+
+
+def _finite(where: Path, part: str, values: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(values)):
+        raise CorruptCheckpointError(f"{where}: tensor {part} holds NaN or infinite values")
+    return values
+
+
+def _decode(ckpt: Checkpoint, lay: Layout) -> np.ndarray:
+    """One palettized tensor, dequantized, its values checked: finite tables, scales and outlier
+    values, outlier positions strictly ascending and inside the tensor."""
+    name, where = lay.name, ckpt.file_of(lay.name + SUFFIXES["lut"])
+    lut_name = name + SUFFIXES["lut"]
+    lut = _finite(where, lut_name, ckpt.f32(lut_name))
+    indices = unpack_indices(ckpt.raw(name + SUFFIXES["indices"]), lay.bits, lay.rows * lay.cols)
     scales = None
-    if name + SUFFIXES["scales"] in ckpt.where:
-        scales = ckpt.f32(name + SUFFIXES["scales"])
-        if scales.shape != (rows,):
-            raise CorruptCheckpointError(f"{where}: {name}{SUFFIXES['scales']} has shape {scales.shape}")
+    if lay.scales:
+        scales = _finite(where, name + SUFFIXES["scales"], ckpt.f32(name + SUFFIXES["scales"]))
     positions = np.zeros(0, dtype=np.int64)
-    values = np.zeros(0, dtype=STORAGE[dtype])
-    if name + SUFFIXES["positions"] in ckpt.where:
-        positions = np.asarray(ckpt.raw(name + SUFFIXES["positions"]), dtype=np.int64)
-        values = np.asarray(ckpt.raw(name + SUFFIXES["values"]))
-        inside = positions.size == 0 or (positions.min() >= 0 and positions.max() < rows * cols)
-        if positions.size != values.size or not inside:
-            raise CorruptCheckpointError(f"{where}: outliers of {name} do not fit its {rows * cols} values")
-    p = Palettized(shape, dtype, bits, group_rows, lut, lut_dtype, indices, scales, positions, values)
+    values = np.zeros(0, dtype=STORAGE[lay.dtype])
+    if lay.outliers:
+        pos, val = name + SUFFIXES["positions"], name + SUFFIXES["values"]
+        positions = np.array(ckpt.raw(pos), dtype=np.int64)
+        if positions[0] < 0 or positions[-1] >= lay.rows * lay.cols or np.any(np.diff(positions) <= 0):
+            raise CorruptCheckpointError(
+                f"{where}: {pos}: positions must ascend strictly inside the {lay.rows * lay.cols} values of {name}"
+            )
+        values = np.array(ckpt.raw(val))
+        _finite(where, val, ckpt.f32(val))
+    lut_dtype = ckpt.info(lut_name).dtype
+    p = Palettized(
+        lay.shape, lay.dtype, lay.bits, lay.group_rows, lut, lut_dtype, indices.reshape(lay.rows, lay.cols),
+        scales, positions, values,
+    )  # fmt: skip
     return p.dequantize()
 
 
 def read_state(ckpt: Checkpoint) -> dict[str, tuple[str, np.ndarray]]:
     """Every tensor of a compact palettized checkpoint, dequantized: {name: (dtype, storage array)}."""
     state: dict[str, tuple[str, np.ndarray]] = {}
-    for fname, f in ckpt.files.items():
-        where = ckpt.path / fname
-        for name, raw in read_entries(f.metadata, where).items():
-            shape = _entry(where, name, raw)[0]
-            state[name] = (str(raw["dtype"]), _decode(ckpt, name, raw, where).reshape(shape))
+    for name, lay in layouts(ckpt).items():
+        state[name] = (lay.dtype, _decode(ckpt, lay).reshape(lay.shape))
     for name in ckpt.names():
         if not is_palette_part(name):
             state[name] = (ckpt.info(name).dtype, ckpt.raw(name))
@@ -191,12 +291,8 @@ def read_state(ckpt: Checkpoint) -> dict[str, tuple[str, np.ndarray]]:
 
 def logical_tensors(ckpt: Checkpoint) -> dict[str, tuple[str, tuple[int, ...]]]:
     """{name: (dtype, shape)} of the model a checkpoint holds (a compact file's palettized tensors
-    by their own names, not their parts)."""
-    out: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for fname, f in ckpt.files.items():
-        for name, raw in read_entries(f.metadata, ckpt.path / fname).items():
-            shape, dtype, _, _ = _entry(ckpt.path / fname, name, raw)
-            out[name] = (dtype, shape)
+    by their own names, not their parts), the compact structure checked (:func:`layouts`)."""
+    out: dict[str, tuple[str, tuple[int, ...]]] = {n: (lay.dtype, lay.shape) for n, lay in layouts(ckpt).items()}
     for name in ckpt.names():
         if not is_palette_part(name):
             out[name] = (ckpt.info(name).dtype, ckpt.info(name).shape)

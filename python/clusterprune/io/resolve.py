@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import CheckpointNotFoundError
+from ..errors import CheckpointNotFoundError, path_argument
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "model.bin"]
@@ -17,6 +17,7 @@ PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "model.bin"]
 def resolve_model(name: str | os.PathLike[str]) -> Path:
     """The local directory of ``name``: the path itself when it exists (or is not a hub id),
     else the hub snapshot (safetensors weights and the JSON/text files beside them)."""
+    path_argument(name, "the model")
     path = Path(name)
     if path.exists() or not HUB_ID.match(str(name)):
         return path

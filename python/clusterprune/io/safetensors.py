@@ -7,6 +7,7 @@ str -> str), then the data buffer. bfloat16 tensors are exposed as uint16 bit pa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import mmap
 import os
@@ -121,12 +122,61 @@ class SafetensorsFile:
         arr = np.frombuffer(self._mm, dtype=STORAGE[info.dtype], count=info.numel, offset=self._data_start + info.begin)
         return arr.reshape(info.shape)
 
+    def drop_pages(self, name: str) -> None:
+        """Lets the kernel take back the pages of ``name`` that reading it mapped in (they count in
+        this process's resident memory until then); arrays viewing them stay valid."""
+        if self._mm is None:
+            return
+        info = self.tensors[name]
+        start = (self._data_start + info.begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        end = self._data_start + info.end
+        if end > start and hasattr(self._mm, "madvise"):
+            self._mm.madvise(mmap.MADV_DONTNEED, start, end - start)
+
+    def verify_digest(self, required: bool = False) -> None:
+        """Checks the content digest a :class:`SafetensorsWriter` with ``digest`` wrote (one line
+        naming the file when any byte of a tensor, the tensor table or the metadata changed). A
+        file without one passes unless ``required``."""
+        expected = self.metadata.get(DIGEST_KEY)
+        if expected is None:
+            if required:
+                raise CorruptCheckpointError(f"{self.path}: no content digest ('{DIGEST_KEY}' metadata)")
+            return
+        digests = {}
+        for name in self.tensors:
+            digests[name] = hashlib.blake2b(self.raw_bytes(name), digest_size=DIGEST_SIZE).hexdigest()
+            self.drop_pages(name)
+        metadata = {k: v for k, v in self.metadata.items() if k != DIGEST_KEY}
+        table = {n: (i.dtype, tuple(i.shape)) for n, i in self.tensors.items()}
+        if combine_digest(metadata, table, digests) != expected:
+            raise CorruptCheckpointError(
+                f"{self.path}: the content does not match its digest: the file was damaged after it was written"
+            )
+
     def raw_bytes(self, name: str) -> memoryview | bytes:
         info = self.tensors[name]
         if self._mm is None:
             return b""
         start = self._data_start + info.begin
         return memoryview(self._mm)[start : self._data_start + info.end]
+
+
+DIGEST_KEY = "clusterprune_digest"
+DIGEST_SIZE = 32
+PLACEHOLDER = "0" * (2 * DIGEST_SIZE)
+
+
+def combine_digest(
+    metadata: dict[str, str], table: dict[str, tuple[str, tuple[int, ...]]], digests: dict[str, str]
+) -> str:
+    """blake2b of the metadata (without the digest) and, in name order, every tensor's name, dtype,
+    shape and the digest of its bytes."""
+    h = hashlib.blake2b(digest_size=DIGEST_SIZE)
+    h.update(json.dumps(metadata, sort_keys=True).encode())
+    for name in sorted(table):
+        dtype, shape = table[name]
+        h.update(json.dumps([name, dtype, list(shape), digests[name]]).encode())
+    return h.hexdigest()
 
 
 def _unique_object(pairs: list[tuple[str, object]]) -> dict[str, object]:
@@ -250,9 +300,17 @@ class SafetensorsWriter:
         path: str | os.PathLike[str],
         entries: Iterable[tuple[str, str, tuple[int, ...]]],
         metadata: dict[str, str] | None = None,
+        *,
+        digest: bool = False,
     ) -> None:
+        """``digest``: the header's metadata gets :data:`DIGEST_KEY`, a hash of the metadata and of
+        every tensor's name, dtype, shape and bytes (:func:`content_digest`), written at close."""
         self.path = Path(path)
         header: dict[str, object] = {}
+        self._metadata = dict(metadata or {})
+        self._digests: dict[str, str] | None = {} if digest else None
+        if digest:
+            metadata = {**self._metadata, DIGEST_KEY: PLACEHOLDER}
         if metadata:
             header["__metadata__"] = metadata
         offset = 0
@@ -264,6 +322,8 @@ class SafetensorsWriter:
             offset += size
         blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
         blob += b" " * (-len(blob) % 8)
+        field = f'"{DIGEST_KEY}":"'.encode()
+        self._digest_at = 8 + blob.find(field + PLACEHOLDER.encode()) + len(field) if digest else -1
         self._start = 8 + len(blob)
         self._pending = set(self._layout)
         self._fh = open(self.path, "wb")
@@ -283,11 +343,17 @@ class SafetensorsWriter:
         self._fh.seek(self._start + offset)
         self._fh.write(buf)
         self._pending.discard(name)
+        if self._digests is not None:
+            self._digests[name] = hashlib.blake2b(buf, digest_size=DIGEST_SIZE).hexdigest()
 
     def close(self) -> None:
         if self._pending:
             self._fh.close()
             raise AssertionError(f"{self.path}: tensors never written: {sorted(self._pending)[:3]}")
+        if self._digests is not None:
+            table = {n: (dtype, shape) for n, (_, _, dtype, shape) in self._layout.items()}
+            self._fh.seek(self._digest_at)
+            self._fh.write(combine_digest(self._metadata, table, self._digests).encode())
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._fh.close()

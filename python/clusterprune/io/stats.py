@@ -1,15 +1,16 @@
 """Activation statistics of a model's FFN modules, as a file (numpy only: compress reads it
 without torch, one module at a time).
 
-One safetensors file (format version 2): per module ``{name}.mean`` (N,) float64 and
+One safetensors file (format version 3): per module ``{name}.mean`` (N,) float64 and
 ``{name}.cov_upper`` (N (N + 1) / 2,) float32, the covariance's upper triangle row by row (row i
 holds cov[i, i:]); in the metadata the sample counts, the residual-stream variances, the source
-model's digest and the settings that made it. Version 1 files (``{name}.cov``, (N, N) float64)
-still read.
+model's digest, the settings that made it and a content digest of the whole file (checked on
+reading: any damaged byte is refused). Version 2 files (the same without the content digest) and
+version 1 files (``{name}.cov``, (N, N) float64) still read.
 
 :func:`load_stats` checks the header and every module's record at once and reads a module's
-arrays only when they are asked for (checked then: shape, dtype, finiteness, a covariance that is
-symmetric positive semi-definite within tolerance), so the caller holds one module at a time.
+arrays only when they are asked for (checked then: shape, dtype, finiteness, variances >= 0 and
+no correlation beyond +-1 within tolerance), so the caller holds one module at a time.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError
+from ..errors import CorruptCheckpointError, InvalidArgumentError, path_argument
+from .jsontext import dumps
 from .output import atomic_file
 from .safetensors import SafetensorsFile, SafetensorsWriter
 
 STATS_KEY = "clusterprune_activation_stats"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+DIGEST_VERSION = 3  # from this version on the file carries a content digest, checked on reading
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,10 @@ class ActivationStats:
     digest: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     file: str = "the statistics file"  # where it was read from (for messages)
+    # layer inputs (selfgen --layer-inputs): {site: moments of the input some linear layers share}
+    # and {site or FFN module: the weight tensors that read it}; E[x x^T] is cov + mean mean^T
+    inputs: Mapping[str, ModuleStats] = field(default_factory=dict)
+    feeds: dict[str, list[str]] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, Any]:
         """What the output's record keeps of the statistics: where from, which weights, how made."""
@@ -110,11 +117,25 @@ class ActivationStats:
             return dict(self.modules.infos)
         return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in self.modules.items()}
 
+    def input_infos(self) -> dict[str, ModuleInfo]:
+        if isinstance(self.inputs, LazyModules):
+            return dict(self.inputs.infos)
+        return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in self.inputs.items()}
+
+    def second_moment(self, tensor: str) -> np.ndarray | None:
+        """E[x x^T] (float64) of the input of the linear layer whose weight is ``tensor`` (the fc2
+        of an FFN module reads its activations), or None when the file has none for it."""
+        site = next((s for s, names in self.feeds.items() if tensor in names), None)
+        if site is None:
+            return None
+        m = self.inputs[site] if site in self.inputs else self.modules[site]
+        return m.cov + np.outer(m.mean, m.mean)
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Written atomically (a temporary file and one rename), one module at a time."""
-        infos = self.infos()
+        infos, inputs = self.infos(), self.input_infos()
         entries = []
-        for name, info in infos.items():
+        for name, info in (infos | inputs).items():
             entries += [(f"{name}.mean", "F64", (info.n,)), (f"{name}.cov_upper", "F32", (info.n * (info.n + 1) // 2,))]
         meta = {
             "modules": {n: {"count": i.count, "stream_variance": i.stream_variance} for n, i in infos.items()},
@@ -123,17 +144,47 @@ class ActivationStats:
             "settings": self.settings,
             "version": FORMAT_VERSION,
         }
+        if inputs:
+            meta["inputs"] = {n: {"count": i.count} for n, i in inputs.items()}
+            meta["feeds"] = {n: sorted(t) for n, t in self.feeds.items()}
         with atomic_file(path, what="the statistics file") as tmp:
-            writer = SafetensorsWriter(tmp, entries, {STATS_KEY: json.dumps(meta, sort_keys=True)})
+            writer = SafetensorsWriter(tmp, entries, {STATS_KEY: dumps(meta, STATS_KEY, sort_keys=True)}, digest=True)
             try:
-                for name in infos:
-                    m = self.modules[name]
+                for name in infos | inputs:
+                    m = self.modules[name] if name in infos else self.inputs[name]
                     writer.write(f"{name}.mean", np.asarray(m.mean, dtype=np.float64))
                     writer.write(f"{name}.cov_upper", upper_triangle(m.cov))
             except BaseException:
                 writer.abort()
                 raise
             writer.close()
+
+
+SLACK = 1e-2  # of the module's largest variance: what float32 sums over thousands of positions can be off by
+ROWS = 512
+
+
+def check_covariance(cov: np.ndarray, what: str) -> None:
+    """Refuses a matrix that cannot be a covariance: a variance below zero, or a covariance larger
+    than the product of the standard deviations allows (|cov_ij| <= sd_i sd_j: a correlation
+    beyond +-1), beyond the rounding of float32 sums (SLACK of the module's largest variance). A
+    necessary condition of positive semi-definiteness, checked in O(N^2) a row block at a time.
+    A variance a rounding error below zero (a neuron that barely varies: float32 sums of squares
+    less the squared mean) is left as it is: the consumers' ridge absorbs it."""
+    diagonal = np.arange(cov.shape[0])
+    diag = cov[diagonal, diagonal]
+    scale = max(float(np.abs(diag).max()) if diag.size else 0.0, 1e-30)
+    if np.any(diag < -SLACK * scale):
+        raise CorruptCheckpointError(f"{what}: a variance is negative")
+    sd = np.sqrt(np.maximum(diag, 0.0))
+    for r0 in range(0, cov.shape[0], ROWS):
+        bound = np.outer(sd[r0 : r0 + ROWS], sd) * (1 + SLACK) + SLACK * scale
+        rows = np.abs(cov[r0 : r0 + ROWS]) > bound
+        if rows.any():
+            i, j = (int(v) for v in np.argwhere(rows)[0])
+            raise CorruptCheckpointError(
+                f"{what}: not a covariance (entry [{r0 + i}, {j}] exceeds the product of the standard deviations)"
+            )
 
 
 def model_digest(path: str | os.PathLike[str]) -> str:
@@ -160,6 +211,7 @@ def _module_info(path: Path, name: str, info: Any) -> tuple[int, float]:
 def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
     """Opens and checks a statistics file (one-line errors naming the file and the tensor); a
     module's arrays are read when the caller asks for that module."""
+    path_argument(path, "the statistics file")
     path = Path(path)
     if not path.is_file():
         raise InvalidArgumentError(f"{path}: no such statistics file (make one with `clusterprune selfgen`)")
@@ -181,9 +233,23 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
             )
         if not isinstance(entries, dict):
             raise CorruptCheckpointError(f"{path}: {STATS_KEY} 'modules' is not a JSON object")
+        f.verify_digest(required=version >= DIGEST_VERSION)
         cov_name, cov_dtype = ("cov", "F64") if version == 1 else ("cov_upper", "F32")
+        inputs = meta.get("inputs", {}) if version >= DIGEST_VERSION else {}
+        feeds = meta.get("feeds", {}) if version >= DIGEST_VERSION else {}
+        if not isinstance(inputs, dict) or not isinstance(feeds, dict):
+            raise CorruptCheckpointError(f"{path}: {STATS_KEY} 'inputs' or 'feeds' is not a JSON object")
+        for site, names in feeds.items():
+            if site not in inputs and site not in entries:
+                raise CorruptCheckpointError(f"{path}: 'feeds' names {site}, which the file does not hold")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise CorruptCheckpointError(f"{path}: {site}: 'feeds' is not a list of tensor names")
+        if set(inputs) & set(entries):
+            raise CorruptCheckpointError(
+                f"{path}: {sorted(set(inputs) & set(entries))[0]} is both a module and an input"
+            )
         infos: dict[str, ModuleInfo] = {}
-        for name, info in entries.items():
+        for name, info in list(entries.items()) + [(n, {**i, "stream_variance": 0.0}) for n, i in inputs.items()]:
             count, stream = _module_info(path, name, info)
             mean_t, cov_t = f"{name}.mean", f"{name}.{cov_name}"
             for tensor, dtype in ((mean_t, "F64"), (cov_t, cov_dtype)):
@@ -210,20 +276,22 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
         mean = np.array(f.raw(f"{name}.mean"), dtype=np.float64)
         stored = f.raw(f"{name}.{cov_name}")
         cov = np.array(stored, dtype=np.float64) if version == 1 else from_upper_triangle(stored, info.n)
+        for tensor in (f"{name}.mean", f"{name}.{cov_name}"):
+            f.drop_pages(tensor)  # copied: the file's pages need not stay in this process's memory
         for what, arr in ((f"{name}.mean", mean), (f"{name}.{cov_name}", cov)):
             if not np.all(np.isfinite(arr)):
                 raise CorruptCheckpointError(f"{path}: tensor {what} holds NaN or infinite values")
         if version == 1:
             cov = (cov + cov.T) / 2
-        diag = np.diag(cov)
-        if np.any(diag < -1e-6 * max(float(np.abs(diag).max()), 1e-30)):
-            raise CorruptCheckpointError(f"{path}: tensor {name}.{cov_name}: a variance is negative")
+        check_covariance(cov, f"{path}: tensor {name}.{cov_name}")
         return ModuleStats(mean, cov, info.count, info.stream_variance)
 
     return ActivationStats(
-        LazyModules(infos, load),
+        LazyModules({n: i for n, i in infos.items() if n in entries}, load),
         str(meta.get("source", "")),
         str(meta.get("digest", "")),
         meta.get("settings", {}),
         str(path),
+        LazyModules({n: i for n, i in infos.items() if n in inputs}, load),
+        feeds,
     )

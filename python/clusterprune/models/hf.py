@@ -10,16 +10,22 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import re
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError
+from ..errors import CorruptCheckpointError, InvalidArgumentError, UnsupportedModelError, path_argument
 from ..io.checkpoint import Checkpoint, read_json
 from ..io.metadata import FOLDED_KEY, read_folded
 from ..io.palette import PALETTE_KEY, read_marker, read_state
+from ..memory import release_freed_memory
 from ..progress import Progress
 from .family import Family
 from .registry import family_of
@@ -50,25 +56,26 @@ def torch_device(device: str) -> Any:
     return target
 
 
-def _torch_state(state: dict[str, tuple[str, np.ndarray]]) -> dict[str, Any]:
-    torch, _ = _torch_modules()
-    out = {}
-    for name, (dtype, arr) in state.items():
-        t = torch.from_numpy(np.array(arr))  # a copy: never a view of the memory-mapped source
-        out[name] = t.view(torch.bfloat16) if dtype == "BF16" else t
-    return out
-
-
 def load_folded(path: str | os.PathLike[str], *, dtype: Any = None) -> Any:
     """A working transformers model (eval mode) from a folded clusterprune checkpoint."""
+    path_argument(path, "the checkpoint")
     path = Path(path)
     with Checkpoint(path) as ckpt:
         if read_folded(ckpt.config, path / "config.json") is None:
             raise CorruptCheckpointError(
                 f"{path / 'config.json'}: no '{FOLDED_KEY}' entry: not a folded clusterprune checkpoint"
             )
-        state = {name: (ckpt.info(name).dtype, ckpt.raw(name)) for name in ckpt.names()}
-        return model_from_state(path, ckpt.config, set(ckpt.where), state, dtype=dtype)
+        return model_from_checkpoint(ckpt, dtype=dtype)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, *, dtype: Any = None) -> Any:
+    """The model of a dense, fused or folded checkpoint, its weights copied in one tensor at a time
+    (the file's pages released after each: resident memory stays the model and one tensor)."""
+
+    def read(name: str) -> tuple[str, np.ndarray]:
+        return ckpt.info(name).dtype, ckpt.raw(name)
+
+    return model_from_state(ckpt.path, ckpt.config, set(ckpt.where), read, ckpt.drop_pages, dtype=dtype)
 
 
 def load_palettized(path: str | os.PathLike[str], *, dtype: Any = None, progress: bool | None = None) -> Any:
@@ -76,20 +83,23 @@ def load_palettized(path: str | os.PathLike[str], *, dtype: Any = None, progress
     compact format (packed indices + tables) is dequantized in memory; the dequantized format
     loads as it is. A folded source gives the folded architecture. A progress bar on a terminal
     (``progress``: force it on or off)."""
+    path_argument(path, "the checkpoint")
     path = Path(path)
     bar = Progress(2, "loading palettized model", progress)
     with Checkpoint(path) as ckpt:
         marker = read_marker(ckpt.config, path / "config.json")
         if marker is None:
             raise CorruptCheckpointError(f"{path / 'config.json'}: no '{PALETTE_KEY}' entry: not palettized")
-        if marker["format"] == "compact":
-            bar.show("decoding tables and indices")
-            state = read_state(ckpt)
-        else:
-            state = {name: (ckpt.info(name).dtype, ckpt.raw(name)) for name in ckpt.names()}
+        if marker["format"] != "compact":
+            bar.update("weights in the dequantized format")
+            model = model_from_checkpoint(ckpt, dtype=dtype)
+            bar.update("model ready")
+            return model
+        bar.show("decoding tables and indices")
+        state = read_state(ckpt)
         bar.update("weights read")
         bar.show("torch + transformers: building the model")
-        model = model_from_state(path, ckpt.config, set(state), state, dtype=dtype)
+        model = model_from_state(path, ckpt.config, set(state), state.__getitem__, dtype=dtype)
         bar.update("model ready")
         return model
 
@@ -98,46 +108,132 @@ def model_from_state(
     path: Path,
     config_dict: dict[str, Any],
     names: set[str],
-    state: dict[str, tuple[str, np.ndarray]],
+    read: Callable[[str], tuple[str, np.ndarray]],
+    release: Callable[[str], None] | None = None,
     *,
     dtype: Any = None,
 ) -> Any:
-    """The model of ``config.json`` (shrunk where the folded plan says) with the weights ``state``
-    ({name: (safetensors dtype, storage array)})."""
+    """The model of ``config.json`` (shrunk where the folded plan says) with the weights ``names``,
+    each read as (safetensors dtype, storage array) by ``read`` and handed to ``release`` once
+    copied. Strict: a tensor the architecture needs and the checkpoint lacks, one it does not
+    know, or one of another shape is refused with one line (transformers would fill a missing one
+    with random weights)."""
     torch, transformers = _torch_modules()
     folded = read_folded(config_dict, path / "config.json") or {}
     # the unit map of the *original* shapes comes from config.json alone
-    umap = family_of(config_dict, str(path / "config.json")).unit_map(config_dict, names)
-    weights = _torch_state(state)
+    family = family_of(config_dict, str(path / "config.json"))
+    umap = family.unit_map(config_dict, names)
     config = transformers.AutoConfig.from_pretrained(path)
     arch = (config.architectures or [None])[0]
-    model_cls = getattr(transformers, arch, None) if arch else None
+    model_cls = getattr(transformers, arch, None) if arch else family.model_class()
     if model_cls is None:
         raise UnsupportedModelError(f"{path / 'config.json'}: unknown architecture {arch!r}")
-    model = model_cls(config)
+    with _no_init(transformers):  # every weight is overwritten below: no random initialisation
+        model = model_cls.from_config(config) if model_cls.__name__.startswith("Auto") else model_cls(config)
+    arch = type(model).__name__
     specs = {s.name: s for s in umap.modules}
     for name, k in folded.items():
         spec = specs.get(name)
         if spec is None:
             raise CorruptCheckpointError(f"{path / 'config.json'}: folded module {name} is not in the model")
         _shrink(torch, model, spec, int(k))
-    try:
-        missing, unexpected = model.load_state_dict(weights, strict=False)
-    except RuntimeError as exc:  # a shape that disagrees with the folded plan
-        raise CorruptCheckpointError(f"{path}: weights do not fit the model: {str(exc).splitlines()[-1]}") from None
-    tied = set(getattr(model, "_tied_weights_keys", None) or [])
-    real_missing = [m for m in missing if m not in tied and not m.endswith("proj_out.weight")]
-    if real_missing or unexpected:
-        raise CorruptCheckpointError(
-            f"{path}: weights do not fit the model (missing {real_missing[:3]}, unexpected {unexpected[:3]})"
-        )
+    targets = model.state_dict(keep_vars=True)
+    found = _match_names(path, model, names, targets, arch)
+    for key, name in found.items():
+        stored, raw = read(name)
+        target = targets[key]
+        if tuple(raw.shape) != tuple(target.shape):
+            raise CorruptCheckpointError(
+                f"{path}: tensor {name} has shape {list(raw.shape)}, the {arch} model needs {list(target.shape)}"
+            )
+        with torch.no_grad():
+            target.data.copy_(_as_torch(torch, raw, stored))  # converted in the copy: no temporary
+        if release is not None:
+            release(name)
     if hasattr(model, "tie_weights"):
         model.tie_weights()
+    release_freed_memory()
     if (path / "generation_config.json").is_file() and hasattr(model, "generation_config"):
         model.generation_config = transformers.GenerationConfig.from_pretrained(path)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+def _as_torch(torch: Any, raw: np.ndarray, stored: str) -> Any:
+    """A torch view of a storage array (bf16 stored as uint16), read-only in spirit: only copied from."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given NumPy array is not writable"
+        view = torch.from_numpy(np.ascontiguousarray(raw))
+    return view.view(torch.bfloat16) if stored == "BF16" else view
+
+
+def _no_init(transformers: Any) -> Any:
+    """transformers' context that skips weight initialisation (a no-op context where it has none)."""
+    for module in ("initialization", "modeling_utils"):
+        try:
+            skip = getattr(importlib.import_module(f"transformers.{module}"), "no_init_weights", None)
+        except ImportError:
+            continue
+        if skip is not None:
+            return skip()
+    return contextlib.nullcontext()
+
+
+def _tied_keys(model: Any) -> set[str]:
+    """Weights tied to another (Whisper's proj_out to the token embedding): a checkpoint may omit them."""
+    tied: set[str] = set()
+    for sub_name, sub in model.named_modules():
+        keys = getattr(sub, "_tied_weights_keys", None) or []
+        tied.update(f"{sub_name}.{k}" if sub_name else str(k) for k in keys)
+    return tied
+
+
+def _match_names(path: Path, model: Any, names: set[str], targets: dict[str, Any], arch: str) -> dict[str, str]:
+    """{model key: checkpoint name} for every tensor; refuses a missing or an unknown one."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    found: dict[str, str] = {}
+    unknown: list[str] = []
+    for name in sorted(names):
+        candidates = [name, *_legacy_names(name)]
+        if prefix:
+            candidates += [f"{prefix}.{c}" for c in list(candidates)]
+        key = next((c for c in candidates if c in targets and c not in found), None)
+        if key is None:
+            unknown.append(name)
+        else:
+            found[key] = name
+    ignore = [re.compile(p) for p in getattr(model, "_keys_to_ignore_on_load_unexpected", None) or []]
+    unknown = [n for n in unknown if not any(p.search(n) for p in ignore)]
+    if unknown:
+        raise CorruptCheckpointError(
+            f"{path}: {len(unknown)} tensor(s) are not part of the {arch} model, e.g. {unknown[0]} "
+            "(a checkpoint of another architecture or a damaged one; refused)"
+        )
+    tied = _tied_keys(model)
+    missing = [k for k in targets if k not in found and k not in tied]
+    if missing:
+        raise CorruptCheckpointError(
+            f"{path}: the checkpoint lacks {len(missing)} tensor(s) the {arch} model needs, e.g. {missing[0]} "
+            "(transformers would fill them with random weights; refused)"
+        )
+    return found
+
+
+def _legacy_names(name: str) -> list[str]:
+    """Names transformers also reads a tensor under: weight-norm's weight_g / weight_v (the
+    positional convolution of wav2vec2 and HuBERT), LayerNorm's gamma / beta."""
+    out = []
+    for old, new in (
+        (".weight_g", ".parametrizations.weight.original0"),
+        (".weight_v", ".parametrizations.weight.original1"),
+    ):
+        if name.endswith(old):
+            out.append(name[: -len(old)] + new)
+    for old, new in ((".gamma", ".weight"), (".beta", ".bias")):
+        if name.endswith(old):
+            out.append(name[: -len(old)] + new)
+    return out
 
 
 def _shrink(torch: Any, model: Any, spec: ModuleSpec, k: int) -> None:
@@ -171,6 +267,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 def load_weights(model_dir: str | os.PathLike[str]) -> Any:
     """The model (fp32, eval mode) of a dense, fused or folded checkpoint, without its processor;
     the weights are checked (format, shards, NaN/Inf) before transformers reads them."""
+    path_argument(model_dir, "the checkpoint")
     return _load_weights(Path(model_dir))[0]
 
 
@@ -190,7 +287,8 @@ def _load_weights(path: Path, progress: bool | None = None) -> tuple[Any, Family
         elif FOLDED_KEY in config:
             model = load_folded(path)
         else:
-            model = family.model_class().from_pretrained(path, dtype="float32")
+            with Checkpoint(path) as ckpt:
+                model = model_from_checkpoint(ckpt)
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -200,6 +298,7 @@ def _load_weights(path: Path, progress: bool | None = None) -> tuple[Any, Family
 def load_model(model_dir: str | os.PathLike[str], progress: bool | None = None) -> tuple[Any, Any, Family]:
     """(model in fp32 eval mode, processor, family) for a dense, fused, folded or palettized
     checkpoint (``progress``: the palettized loader's bar, default on a terminal)."""
+    path_argument(model_dir, "the checkpoint")
     path = Path(model_dir)
     model, family = _load_weights(path, progress)
     try:

@@ -116,6 +116,8 @@ class PaletteConfig:
 
 def make_config(config: PaletteConfig | None = None, **overrides: Any) -> PaletteConfig:
     """A config (default: ``PaletteConfig()``) with some fields overridden (None means 'keep')."""
+    if config is not None and not isinstance(config, PaletteConfig):
+        raise InvalidArgumentError(f"config must be a PaletteConfig (or None), not {type(config).__name__}")
     base = config or PaletteConfig()
     known = {f.name for f in fields(PaletteConfig)}
     bad = set(overrides) - known

@@ -7,7 +7,6 @@ A fused or folded clusterprune checkpoint is a valid source (fold first, then pa
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -21,13 +20,16 @@ from .._version import __version__
 from ..engine.rust import check_threads, palettize_rows
 from ..errors import InvalidArgumentError, NonFiniteError
 from ..io.checkpoint import INDEX, SINGLE, Checkpoint
+from ..io.jsontext import dumps
 from ..io.output import atomic_directory, check_destination
 from ..io.palette import FORMATS, HEADER_KEY, PALETTE_KEY, PALETTE_PLAN, Palettized, encode, header_entry
 from ..io.resolve import resolve_model
-from ..io.safetensors import SafetensorsWriter, nbytes
+from ..io.safetensors import SafetensorsWriter, nbytes, to_f32
+from ..io.stats import ActivationStats
 from ..progress import Progress
 from .allocate import error_plan, fixed_bits, variance_plan
 from .config import BITS, PaletteConfig, make_config
+from .output_error import choose_indices, output_error
 from .targets import Target, column_weights, targets
 
 FOLD_DIR = ".folded-source"
@@ -62,6 +64,7 @@ class PaletteReport:
     bytes_written: int = 0  # the weight files of the output, on disk
     seconds: float = 0.0
     source_compression: dict[str, Any] | None = None
+    statistics: dict[str, Any] | None = None  # the layer-input moments palettized by (provenance, tensors)
 
     @property
     def avg_bits(self) -> float:
@@ -82,6 +85,8 @@ class PaletteReport:
             "source_compression": self.source_compression,
             "tensors": [t.to_dict() for t in self.tensors],
         }
+        if self.statistics is not None:
+            d["statistics"] = self.statistics
         if run_details:
             d.update(destination=self.destination, seconds=self.seconds)
         return d
@@ -128,12 +133,18 @@ def palettize_tensor(
     config: PaletteConfig,
     weights: np.ndarray | None,
     num_threads: int | None,
+    moment: np.ndarray | None = None,
 ) -> tuple[Palettized, float]:
-    """One tensor palettized: (the result, weighted squared error)."""
+    """One tensor palettized: (the result, weighted squared error). With ``moment`` = H, the
+    second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by
+    diag(H), indices chosen against the output error, and that error returned."""
     info = ckpt.info(t.name)
     values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
     lut_dtype = lut_dtype_of(info.dtype, config)
     g = group_rows(t, config, ckpt.file_of(t.name))
+    if moment is not None:
+        diag = np.maximum(np.diag(moment), 0.0)
+        weights = np.maximum(diag / max(float(diag.mean()), 1e-30), 1e-6)
     try:
         r = palettize_rows(
             values,
@@ -154,14 +165,38 @@ def palettize_tensor(
         ) from None
     positions = np.asarray(r.outliers, dtype=np.int64)
     raw = np.asarray(ckpt.raw(t.name)).reshape(-1)
-    p = Palettized(
-        t.shape, info.dtype, bits, g, r.luts, lut_dtype, r.indices, r.scales, positions, raw[positions].copy()
-    )
+    indices = r.indices
+    if moment is not None:
+        indices = choose_indices(values, r.luts[np.arange(t.rows) // g], moment)
+    p = Palettized(t.shape, info.dtype, bits, g, r.luts, lut_dtype, indices, r.scales, positions, raw[positions].copy())
+    if moment is not None:
+        dequantized = to_f32(p.dequantize(), info.dtype).reshape(t.rows, t.cols)
+        return p, output_error(values, dequantized, moment)
     return p, float(np.sum(r.wsse))
 
 
-def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None) -> float:
+def moments_of(ckpt: Checkpoint, chosen: list[Target], stats: ActivationStats | None) -> dict[str, np.ndarray]:
+    """{tensor: H} for every chosen tensor the statistics hold its input's second moment for, of
+    the tensor's width (a folded module's narrower input has none: it is palettized plainly). The
+    token embedding is left out: tied to the output projection it is also the decoder's input
+    table, where what a row's error costs is that row's weight error, so it keeps the plain exact
+    k-means (choosing its indices for the output projection alone measured far worse)."""
+    if stats is None:
+        return {}
+    out = {}
+    for t in chosen:
+        if t.embedding:
+            continue
+        h = stats.second_moment(t.name)
+        if h is not None and h.shape == (t.cols, t.cols):
+            out[t.name] = h
+    return out
+
+
+def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None, moment: np.ndarray | None = None) -> float:
     w = ckpt.f32(t.name).reshape(t.rows, t.cols).astype(np.float64)
+    if moment is not None:  # the output's energy E||W x||^2
+        return float(np.sum((w @ moment) * w))
     sq = w * w
     return float(np.sum(sq * weights[None, :]) if weights is not None else np.sum(sq))
 
@@ -173,6 +208,7 @@ def plan_bits(
     weights: dict[str, np.ndarray],
     energies: dict[str, float],
     num_threads: int | None,
+    moments: dict[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
     """Bits per tensor (``energies``: every tensor's weighted energy, the error allocator's scale)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
@@ -188,7 +224,7 @@ def plan_bits(
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
         for b in measured_levels:
-            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads)
+            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, (moments or {}).get(t.name))
             measured[(t.name, b)] = err / energies[t.name] if energies[t.name] > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
@@ -216,6 +252,7 @@ def palettize(
     format: str = "dequantized",
     sparsity: float | None = None,
     recipe: Any = None,
+    stats: Any = None,
     overwrite: bool = False,
     progress: bool | None = None,
     num_threads: int | None = None,
@@ -225,13 +262,32 @@ def palettize(
 
     ``config``: a :class:`PaletteConfig` (``overrides``: any of its fields, e.g. ``bits=6``).
     ``format``: dequantized (same tensors; loads with ``from_pretrained``) or compact (packed
-    indices + tables; :func:`clusterprune.load_palettized`). ``sparsity`` (+ ``recipe``): first
-    compress ``src`` (folded export) with that recipe, then palettize the folded model.
+    indices + tables; :func:`clusterprune.load_palettized`). ``sparsity`` (+ ``recipe``, and
+    ``stats`` for a recipe that reads statistics): first compress ``src`` (folded export) with
+    that recipe, then palettize the folded model.
     """
     chosen_config = make_config(config, **overrides)
     if format not in FORMATS:
         raise InvalidArgumentError(f"unknown format {format!r} (expected one of: {', '.join(FORMATS)})")
     threads = check_threads(num_threads)
+    stats_file = stats
+    first_step_stats = None
+    if stats is not None:
+        from ..config import make_recipe
+        from ..io.stats import load_stats
+
+        stats = load_stats(stats)
+        reads_stats = sparsity is not None and make_recipe(recipe or "datafree").activations == "selfgen"
+        first_step_stats = stats_file if reads_stats else None
+        if not stats.inputs and not reads_stats:
+            raise InvalidArgumentError(
+                f"{stats.file}: no layer-input moments to palettize by (make the file with "
+                "`clusterprune selfgen --layer-inputs`), and no --sparsity step whose recipe reads statistics"
+            )
+        if stats.inputs and (chosen_config.row_scale or chosen_config.outliers or chosen_config.weighting != "none"):
+            raise InvalidArgumentError(
+                "palettizing by layer-input moments (--stats) takes no --row-scale, --outliers or --weighting"
+            )
     started = time.monotonic()
     src_path = resolve_model(src)
     check_destination(dst, sources=[src_path], overwrite=overwrite)
@@ -249,14 +305,19 @@ def palettize(
                 export="folded",
                 progress=progress,
                 num_threads=threads,
+                stats=first_step_stats,
             )
         with Checkpoint(source) as ckpt:
-            report = _write(ckpt, tmp, chosen_config, format, progress, threads)
+            if stats is not None and stats.inputs:
+                check_digest(stats, src_path)
+            report = _write(
+                ckpt, tmp, chosen_config, format, progress, threads, stats if stats and stats.inputs else None
+            )
         if sparsity is not None:
             shutil.rmtree(tmp / FOLD_DIR)
         report.destination = str(dst)
         report.seconds = time.monotonic() - started
-        (tmp / PALETTE_PLAN).write_text(json.dumps(report.to_dict(run_details=False), indent=2) + "\n")
+        (tmp / PALETTE_PLAN).write_text(dumps(report.to_dict(run_details=False), PALETTE_PLAN, indent=2) + "\n")
     return report
 
 
@@ -268,8 +329,24 @@ def _check_source(ckpt: Checkpoint) -> None:
         )
 
 
+def check_digest(stats: ActivationStats, model: Path) -> None:
+    """The statistics were made from the weights of ``model`` (refused otherwise)."""
+    from ..io.stats import model_digest
+
+    if stats.digest != model_digest(model):
+        raise InvalidArgumentError(
+            f"{stats.file}: the statistics were made from other weights ({stats.source}) than {model} (digest differs)"
+        )
+
+
 def _write(
-    ckpt: Checkpoint, tmp: Path, config: PaletteConfig, fmt: str, progress: bool | None, threads: int | None
+    ckpt: Checkpoint,
+    tmp: Path,
+    config: PaletteConfig,
+    fmt: str,
+    progress: bool | None,
+    threads: int | None,
+    stats: ActivationStats | None = None,
 ) -> PaletteReport:
     from ..io.metadata import read_compression
 
@@ -282,10 +359,13 @@ def _write(
     for t in chosen:
         group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
     weights = column_weights(ckpt, chosen, config)
-    energies = {t.name: _energy(ckpt, t, weights.get(t.name)) for t in chosen}
-    bits = plan_bits(ckpt, chosen, config, weights, energies, threads)
+    moments = moments_of(ckpt, chosen, stats)
+    energies = {t.name: _energy(ckpt, t, weights.get(t.name), moments.get(t.name)) for t in chosen}
+    bits = plan_bits(ckpt, chosen, config, weights, energies, threads, moments)
     record = read_compression(ckpt)
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
+    if stats is not None:
+        report.statistics = {**stats.provenance(), "tensors": sorted(moments)}
     report.bytes_source = ckpt.total_bytes()
     report.bytes_fp16 = sum(
         nbytes("F16" if ckpt.info(n).dtype in ("F32", "F64", "BF16") else ckpt.info(n).dtype, ckpt.info(n).shape)
@@ -294,7 +374,7 @@ def _write(
     ckpt.copy_aux_files(tmp, skip=frozenset({PALETTE_PLAN, FOLD_DIR}))
     config_json = dict(ckpt.config)
     config_json[PALETTE_KEY] = {"format": fmt, "version": __version__}
-    (tmp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+    (tmp / "config.json").write_text(dumps(config_json, "config.json", indent=2) + "\n")
     by_name = {t.name: t for t in chosen}
     bar = Progress(len(chosen), "palettize", progress)
     results: dict[str, tuple[dict[str, Any], dict[str, tuple[str, np.ndarray]]]] = {}
@@ -308,7 +388,7 @@ def _write(
                     tmp / fname, entries, {**f.metadata, "format": f.metadata.get("format", "pt")}
                 )
         for t in chosen:
-            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads)
+            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads, moments.get(t.name))
             compact = encode(t.name, p)
             rho = err / energies[t.name] if energies[t.name] > 0 else 0.0
             report.tensors.append(
@@ -335,7 +415,7 @@ def _write(
                 w.close()
             writers = {}
             if ckpt.index is not None:
-                (tmp / INDEX).write_text(json.dumps(ckpt.index, indent=2))
+                (tmp / INDEX).write_text(dumps(ckpt.index, INDEX, indent=2))
         else:
             _write_compact(ckpt, tmp, results)
     finally:
@@ -360,12 +440,12 @@ def _write_compact(
             parts.update(results[name][1])
         else:
             parts[name] = (ckpt.info(name).dtype, np.asarray(ckpt.raw(name)))
-    metadata = {"format": "pt", HEADER_KEY: json.dumps({n: entry for n, (entry, _) in results.items()})}
+    metadata = {"format": "pt", HEADER_KEY: dumps({n: entry for n, (entry, _) in results.items()}, HEADER_KEY)}
     source_meta = next(iter(ckpt.files.values())).metadata
     if METADATA_KEY in source_meta:
         metadata[METADATA_KEY] = source_meta[METADATA_KEY]  # the structured compression it stacks on
     entries = [(n, dtype, tuple(arr.shape)) for n, (dtype, arr) in parts.items()]
-    writer = SafetensorsWriter(tmp / SINGLE, entries, metadata)
+    writer = SafetensorsWriter(tmp / SINGLE, entries, metadata, digest=True)
     try:
         for n, (_, arr) in parts.items():
             writer.write(n, arr)

@@ -28,9 +28,34 @@ class Removal:
     errors: np.ndarray  # (steps,) output error E(r) after removing order[:r + 1]
 
 
-def ridged(cov: np.ndarray) -> np.ndarray:
+def ridged(cov: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """cov + scale * RIDGE * (mean variance) * I, a new array (the same numbers as adding a
+    scaled identity, without allocating one)."""
     n = cov.shape[0]
-    return cov + RIDGE * max(float(np.trace(cov)) / max(n, 1), 1e-30) * np.eye(n)
+    out = cov + 0.0
+    diagonal = np.arange(n)
+    out[diagonal, diagonal] += scale * RIDGE * max(float(np.trace(cov)) / max(n, 1), 1e-30)
+    return out
+
+
+def inverse(cov: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, float]:
+    """(ridged(cov, scale)^-1 symmetrised, the ridge scale used): a covariance summed in float32
+    can have negative eigenvalues beyond the ridge (an inverse with a non-positive diagonal); the
+    ridge then grows tenfold until the matrix factorises."""
+    p = np.linalg.inv(ridged(cov, scale))
+    while np.any(np.diag(p) <= 0) and scale < 1e12:
+        scale *= 10.0
+        try:
+            np.linalg.cholesky(ridged(cov, scale))
+        except np.linalg.LinAlgError:
+            continue
+        p = np.linalg.inv(ridged(cov, scale))
+    p += p.T  # numpy buffers the overlapping transpose: the same numbers as p + p.T
+    p /= 2
+    return p, scale
+
+
+ROWS = 256  # rows per slice of the rank-one updates: no N x N temporary
 
 
 def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal:
@@ -38,8 +63,7 @@ def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal
     ties go to the lower index. ``cov``: (N, N); ``consumer``: (N, H) rows of fc2."""
     n = cov.shape[0]
     steps = max(0, min(steps, n - 1))
-    p = np.linalg.inv(ridged(cov))
-    p = (p + p.T) / 2
+    p, scale = inverse(cov)
     w = np.array(consumer, dtype=np.float64)
     alive = np.ones(n, dtype=bool)
     order = np.zeros(steps, dtype=np.int64)
@@ -47,6 +71,9 @@ def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal
     total = 0.0
     for step in range(steps):
         diag = np.diag(p)
+        if np.any(diag[alive] <= 0):  # the downdates drifted (a near-singular S): factorise the kept block anew
+            p, w = _refreshed(cov, consumer, alive, scale)
+            diag = np.diag(p)
         with np.errstate(over="ignore"):  # a neuron the others cannot stand in for at all: infinite cost
             cost = np.where(alive, np.sum(w * w, axis=1) / np.where(alive, np.maximum(diag, 1e-300), 1.0), np.inf)
         candidates = np.flatnonzero(alive)  # a removed neuron is never chosen again, even if all costs are inf
@@ -54,13 +81,27 @@ def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal
         total += float(cost[j])
         col = p[:, j] / p[j, j]
         w -= np.outer(col, w[j])
-        p -= np.outer(col, p[j])
+        pj = p[j].copy()
+        for r0 in range(0, n, ROWS):  # p -= outer(col, pj), a slice of rows at a time
+            p[r0 : r0 + ROWS] -= np.outer(col[r0 : r0 + ROWS], pj)
         w[j] = 0.0
         p[j, :] = 0.0
         p[:, j] = 0.0
         alive[j] = False
         order[step], errors[step] = j, total
     return Removal(order, errors)
+
+
+def _refreshed(cov: np.ndarray, consumer: np.ndarray, alive: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """P = (S_KK + ridge I)^-1 of the kept neurons K, zero elsewhere, and their re-solved consumer
+    rows P S_K,all C: what the rank-one downdates track, computed directly."""
+    kept = np.flatnonzero(alive)
+    p = np.zeros_like(cov)
+    if kept.size:
+        p[np.ix_(kept, kept)] = inverse(cov[np.ix_(kept, kept)], scale)[0]
+    w = np.zeros((cov.shape[0], consumer.shape[1]))
+    w[kept] = p[np.ix_(kept, kept)] @ (cov[kept] @ consumer)
+    return p, w
 
 
 def removal_labels(order: np.ndarray, n: int) -> np.ndarray:

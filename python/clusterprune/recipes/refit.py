@@ -54,6 +54,9 @@ def refit_consumer(
     kept = kept[np.argsort(labels[kept], kind="stable")]  # label order = folded unit order
     skk = cov[np.ix_(kept, kept)]
     ridge = RIDGE * max(float(np.trace(skk)) / max(len(kept), 1), 1e-30)
-    x = np.linalg.solve(skk + ridge * np.eye(len(kept)), cov[kept] @ consumer)
+    skk += 0.0  # skk + ridge * I in place: the same numbers (-0.0 becomes 0.0), no N x N identity
+    diagonal = np.arange(len(kept))
+    skk[diagonal, diagonal] += ridge
+    x = np.linalg.solve(skk, cov[kept] @ consumer)
     shift = mean @ consumer - mean[kept] @ x
     return x, shift

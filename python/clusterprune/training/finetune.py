@@ -33,6 +33,7 @@ from .._version import __version__
 from ..distributed import Dist, all_sum, barrier, gather_rng, init_distributed, no_sync, rng_state, set_rng, shutdown
 from ..errors import InvalidArgumentError, OutputExistsError
 from ..io.checkpoint import Checkpoint
+from ..io.jsontext import dumps
 from ..io.output import atomic_directory, check_destination, refuse_inside_sources, write_json_atomic
 from ..io.palette import refuse_palettized
 from ..io.resolve import resolve_model
@@ -144,7 +145,11 @@ def _write_checkpoint(src: Checkpoint, model: Any, tmp: Path, record: dict[str, 
         names = [n for n in src.names() if src.where[n] == fname]
         shapes = {n: src.info(n).shape for n in names}
         entries = [(n, src.info(n).dtype, shapes[n]) for n in names]
-        metadata = {**f.metadata, "format": f.metadata.get("format", "pt"), FINETUNE_KEY: json.dumps(record)}
+        metadata = {
+            **f.metadata,
+            "format": f.metadata.get("format", "pt"),
+            FINETUNE_KEY: dumps(record, "the fine-tuning record"),
+        }
         writer = SafetensorsWriter(tmp / fname, entries, metadata)
         try:
             for n in names:
@@ -380,7 +385,7 @@ def finetune(
         before = partial / "wer_before.json"
         if eval_data is not None and dist.main:
             if not before.is_file():
-                before.write_text(json.dumps(wer_of(src_path)))
+                before.write_text(dumps(wer_of(src_path), str(before)))
             report["wer_before"] = json.loads(before.read_text())
             log(f"WER before fine-tuning: {100 * report['wer_before']:.2f} %")
         bar = Progress(run.total, "finetune", progress if dist.main else False)
@@ -391,7 +396,7 @@ def finetune(
             entry = run.train_step(autocast)
             if dist.main:
                 with open(partial / LOG_FILE, "a") as fh:
-                    fh.write(json.dumps(entry) + "\n")
+                    fh.write(dumps(entry, "the fine-tuning log") + "\n")
                 bar.update(f"loss {entry['loss']:.3f} {entry['utterances_per_s']:.1f} utt/s")
             if run.step % cfg.save_every == 0 or run.step == run.total:
                 run.save()
@@ -406,7 +411,7 @@ def finetune(
             with atomic_directory(out, overwrite=overwrite, sources=[src.path]) as tmp:
                 _write_checkpoint(src, model, tmp, record)
                 shutil.copy2(partial / LOG_FILE, tmp / "finetune_log.jsonl")
-                (tmp / "finetune_report.json").write_text(json.dumps(report, indent=2))
+                (tmp / "finetune_report.json").write_text(dumps(report, "finetune_report.json", indent=2))
             if eval_data is not None:
                 report["wer_after"] = wer_of(out)
                 log(f"WER after fine-tuning: {100 * report['wer_after']:.2f} %")

@@ -22,7 +22,7 @@ from .errors import (
 from .io.checkpoint import Checkpoint
 from .io.palette import refuse_palettized
 from .io.resolve import resolve_model
-from .io.stats import ActivationStats, model_digest
+from .io.stats import ActivationStats
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
 from .models.units import ModuleSpec, to_units
@@ -142,11 +142,7 @@ def check_stats(recipe: Recipe, stats: ActivationStats | None, ckpt: Checkpoint)
         raise InvalidArgumentError(
             "activations selfgen needs --stats FILE (make it with `clusterprune selfgen MODEL FILE`)"
         )
-    if stats.digest != model_digest(ckpt.path):
-        raise InvalidArgumentError(
-            f"{stats.file}: the statistics were made from other weights ({stats.source}) than {ckpt.path} "
-            "(digest differs)"
-        )
+    stats.check_source(ckpt.path)
     return stats
 
 

@@ -98,7 +98,10 @@ class _Sums:
         r0, rows, offset = self.blocks[b]
         return self.torch.from_numpy(self.scratch.read(offset, np.empty((rows, self.n - r0), dtype=np.float32)))
 
-    def put(self, b: int, block: Any) -> None:
+    def add(self, b: int, values: Any) -> None:
+        """Block ``b`` of the Gram += ``values`` (read, added, written back)."""
+        block = self.block(b)
+        block += values
         self.scratch.write(self.blocks[b][2], block.numpy())
 
     def info(self) -> ModuleInfo:
@@ -141,7 +144,6 @@ class _Accumulator:
         self.torch, self.hidden, self.recorder = torch, hidden, recorder
         self.shift = torch.from_numpy(shift.astype(np.float32))
         self.eager = eager  # one forward call per clip (encoder, CTC models): finish at once
-        self.pending: list[Any] = []  # the eager call's activations
         self.parked: list[tuple[int, int]] = []  # (byte offset in ``rows``, positions) of the other calls
         self.rows_file = rows
         self.clip_stream = torch.zeros(hidden + 2, dtype=torch.float64)
@@ -152,8 +154,7 @@ class _Accumulator:
             return
         x = f.reshape(-1, f.shape[-1]).float().cpu().sub_(self.shift)  # f is the hook's own tensor: shifted in place
         if self.eager:
-            self.pending.append(x)
-            self.finish_clip()
+            self.finish_clip(x)
         else:
             offset = self.rows_file.reserve(x.numel() * 4)
             self.rows_file.write(offset, x.numpy())
@@ -167,12 +168,8 @@ class _Accumulator:
         self.clip_stream[self.hidden] += (x64 * x64).sum()
         self.clip_stream[self.hidden + 1] += x64.shape[0]
 
-    def _clip_rows(self) -> Any:
-        """This clip's activations, in call order (None when there were none)."""
-        if self.pending:
-            x = self.torch.cat(self.pending) if len(self.pending) > 1 else self.pending[0]
-            self.pending = []
-            return x
+    def _parked_rows(self) -> Any:
+        """This clip's parked activations, in call order (None when there were none)."""
         if not self.parked:
             return None
         n = self.shift.shape[0]
@@ -184,19 +181,16 @@ class _Accumulator:
         self.parked = []
         return self.torch.from_numpy(out)
 
-    def finish_clip(self) -> None:
+    def finish_clip(self, x: Any = None) -> None:
         """Adds this clip's sums into the target: one Gram per clip, whatever the number of forward
-        calls it took."""
+        calls it took (``x``: the one eager call's activations, else the parked ones)."""
         assert self.target is not None
         t = self.target
-        x = self._clip_rows()
+        x = self._parked_rows() if x is None else x
         if x is not None:
-            for r0, rows, _ in t.blocks:  # column by column block: no float64 copy of x (the same sums)
+            for b, (r0, rows, _) in enumerate(t.blocks):  # a column block at a time: no float64 copy of x
                 t.sum[r0 : r0 + rows] += self.torch.sum(x[:, r0 : r0 + rows], dim=0, dtype=self.torch.float64)
-            for b, (r0, rows, _) in enumerate(t.blocks):
-                block = t.block(b)
-                block += x[:, r0 : r0 + rows].T @ x[:, r0:]
-                t.put(b, block)
+                t.add(b, x[:, r0 : r0 + rows].T @ x[:, r0:])
             t.count += x.shape[0]
         t.stream += self.clip_stream
         self.clip_stream.zero_()
@@ -360,9 +354,10 @@ class _Exchange:
     totals (gloo: CPU tensors, whatever device the model runs on)."""
 
     def __init__(self, dist: Any, names: list[str]) -> None:
+        import torch
         import torch.distributed as tdist
 
-        self.dist, self.names, self.tdist = dist, names, tdist
+        self.dist, self.names, self.tdist, self.torch = dist, names, tdist, torch
         self.group = tdist.new_group(backend="gloo")
 
     def gather(self, sums: dict[str, _Sums], done: int) -> None:
@@ -376,12 +371,10 @@ class _Exchange:
                         buf = t.new_empty(t.shape)
                         self.tdist.recv(buf, src=k, group=self.group)
                         t += buf
-                    for b in range(len(s.blocks)):
-                        block = s.block(b)
-                        buf = block.new_empty(block.shape)
+                    for b, (r0, rows, _) in enumerate(s.blocks):
+                        buf = self.torch.empty((rows, s.n - r0), dtype=self.torch.float32)
                         self.tdist.recv(buf, src=k, group=self.group)
-                        block += buf
-                        s.put(b, block)
+                        s.add(b, buf)
             elif self.dist.rank == k:
                 for name in self.names:
                     s = sums[name]

@@ -59,19 +59,15 @@ def refuse_inside_sources(path: str | os.PathLike[str], sources: Sources, what: 
 def check_destination(dst: str | os.PathLike[str], *, sources: Sources = (), overwrite: bool = False) -> None:
     """A destination directory may be written: not a source, not inside or around one, and new
     unless ``overwrite``."""
-    path_argument(dst, "the destination")
-    dst = Path(dst)
     refuse_inside_sources(dst, sources, "the destination")
+    dst = Path(dst)
     if os.path.lexists(dst) and not overwrite:
         raise OutputExistsError(f"{dst}: already exists (pass --overwrite to replace it)")
     if os.path.lexists(dst) and not dst.is_dir():
         raise OutputExistsError(f"{dst}: exists and is not a directory")
     if len(dst.name.encode()) > 255:
         raise InvalidArgumentError(f"{dst}: the name is longer than 255 bytes")
-    existing = next(parent for parent in dst.absolute().parents if parent.exists())
-    if not existing.is_dir():
-        raise OutputExistsError(f"{dst}: the destination cannot be created: {existing} is not a directory")
-    probe_writable(existing, dst, "the destination")
+    check_parent_writable(dst, "the destination")
 
 
 def _missing_parents(path: Path) -> list[Path]:
@@ -229,15 +225,16 @@ def check_file_destination(
         raise OutputExistsError(f"{path}: {what} names a directory (expected a file name)")
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{path}: already exists (pass --overwrite to replace it)")
-    existing = next(parent for parent in Path(path).absolute().parents if parent.exists())
-    if not existing.is_dir():
-        raise OutputExistsError(f"{path}: {what} cannot be created: {existing} is not a directory")
-    probe_writable(existing, path, what)
+    check_parent_writable(path, what)
 
 
-def probe_writable(folder: Path, path: str | os.PathLike[str], what: str) -> None:
-    """Creates and removes a file in ``folder``: the one sure test that ``path`` can be written
-    there (permissions, a read-only file system, ACLs), made before the work."""
+def check_parent_writable(path: str | os.PathLike[str], what: str) -> None:
+    """The nearest existing folder above ``path`` is a folder, and a file can be created and
+    removed there: the one sure test that ``path`` can be written (permissions, a read-only file
+    system, ACLs), made before the work."""
+    folder = next(parent for parent in Path(path).absolute().parents if parent.exists())
+    if not folder.is_dir():
+        raise OutputExistsError(f"{path}: {what} cannot be created: {folder} is not a directory")
     try:
         fd, probe = tempfile.mkstemp(prefix=".clusterprune-probe-", dir=folder)
     except OSError as exc:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +239,7 @@ def _layout(ckpt: Checkpoint, name: str, raw: Any, where: Path) -> Layout:
             raise CorruptCheckpointError(f"{where}: {pos} has shape {list(ckpt.info(pos).shape)}")
         _check_part(ckpt, where, pos, ("I64",), (n,))
         _check_part(ckpt, where, val, (dtype,), (n,))
-        lay = Layout(name, shape, dtype, bits, group_rows, lay.scales, n)
+        lay = replace(lay, outliers=n)
     return lay
 
 

@@ -304,7 +304,7 @@ class SafetensorsWriter:
         digest: bool = False,
     ) -> None:
         """``digest``: the header's metadata gets :data:`DIGEST_KEY`, a hash of the metadata and of
-        every tensor's name, dtype, shape and bytes (:func:`content_digest`), written at close."""
+        every tensor's name, dtype, shape and bytes (:func:`combine_digest`), written at close."""
         self.path = Path(path)
         header: dict[str, object] = {}
         self._metadata = dict(metadata or {})

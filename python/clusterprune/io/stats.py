@@ -72,6 +72,12 @@ class LazyModules(Mapping[str, ModuleStats]):
         return len(self.infos)
 
 
+def _infos(modules: Mapping[str, ModuleStats]) -> dict[str, ModuleInfo]:
+    if isinstance(modules, LazyModules):
+        return dict(modules.infos)
+    return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in modules.items()}
+
+
 def upper_triangle(cov: np.ndarray) -> np.ndarray:
     """The upper triangle of a square matrix, row by row (row i: cov[i, i:]), as float32."""
     n = cov.shape[0]
@@ -113,19 +119,28 @@ class ActivationStats:
 
     def infos(self) -> dict[str, ModuleInfo]:
         """Every module's size, count and stream variance, without building its arrays."""
-        if isinstance(self.modules, LazyModules):
-            return dict(self.modules.infos)
-        return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in self.modules.items()}
+        return _infos(self.modules)
 
     def input_infos(self) -> dict[str, ModuleInfo]:
-        if isinstance(self.inputs, LazyModules):
-            return dict(self.inputs.infos)
-        return {n: ModuleInfo(m.mean.shape[0], m.count, m.stream_variance) for n, m in self.inputs.items()}
+        """Every layer input's size and count, without building its arrays."""
+        return _infos(self.inputs)
+
+    def check_source(self, model: str | os.PathLike[str]) -> None:
+        """Refuses statistics made from other weights than the checkpoint at ``model``."""
+        if self.digest != model_digest(model):
+            raise InvalidArgumentError(
+                f"{self.file}: the statistics were made from other weights ({self.source}) than {model} "
+                "(digest differs)"
+            )
+
+    def input_site(self, tensor: str) -> str | None:
+        """The layer input (or FFN module) whose moments the linear layer with weight ``tensor``
+        reads (the fc2 of an FFN module reads its activations), or None when the file has none."""
+        return next((s for s, names in self.feeds.items() if tensor in names), None)
 
     def second_moment(self, tensor: str) -> np.ndarray | None:
-        """E[x x^T] (float64) of the input of the linear layer whose weight is ``tensor`` (the fc2
-        of an FFN module reads its activations), or None when the file has none for it."""
-        site = next((s for s, names in self.feeds.items() if tensor in names), None)
+        """E[x x^T] (float64) of the input of the linear layer whose weight is ``tensor``, or None."""
+        site = self.input_site(tensor)
         if site is None:
             return None
         m = self.inputs[site] if site in self.inputs else self.modules[site]

@@ -175,22 +175,28 @@ def palettize_tensor(
     return p, float(np.sum(r.wsse))
 
 
-def moments_of(ckpt: Checkpoint, chosen: list[Target], stats: ActivationStats | None) -> dict[str, np.ndarray]:
-    """{tensor: H} for every chosen tensor the statistics hold its input's second moment for, of
-    the tensor's width (a folded module's narrower input has none: it is palettized plainly). The
-    token embedding is left out: tied to the output projection it is also the decoder's input
-    table, where what a row's error costs is that row's weight error, so it keeps the plain exact
-    k-means (choosing its indices for the output projection alone measured far worse)."""
-    if stats is None:
-        return {}
-    out = {}
-    for t in chosen:
-        if t.embedding:
-            continue
-        h = stats.second_moment(t.name)
-        if h is not None and h.shape == (t.cols, t.cols):
-            out[t.name] = h
-    return out
+class Moments:
+    """The second moments of the chosen tensors' inputs, read one tensor at a time when asked
+    for (a large model's, fc2's N x N among them, would not fit in memory together). Only tensors
+    whose input has the tensor's width (a folded module's narrower input has none: it is
+    palettized plainly). The token embedding is left out: tied to the output projection it is
+    also the decoder's input table, where what a row's error costs is that row's weight error, so
+    it keeps the plain exact k-means (choosing its indices for the output projection alone
+    measured far worse)."""
+
+    def __init__(self, chosen: list[Target], stats: ActivationStats | None) -> None:
+        self.stats = stats
+        self.names: set[str] = set()
+        if stats is None:
+            return
+        widths = {n: i.n for n, i in (stats.infos() | stats.input_infos()).items()}
+        for t in chosen:
+            site = stats.input_site(t.name)
+            if not t.embedding and site is not None and widths.get(site) == t.cols:
+                self.names.add(t.name)
+
+    def get(self, name: str) -> np.ndarray | None:
+        return self.stats.second_moment(name) if self.stats is not None and name in self.names else None
 
 
 def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None, moment: np.ndarray | None = None) -> float:
@@ -208,7 +214,7 @@ def plan_bits(
     weights: dict[str, np.ndarray],
     energies: dict[str, float],
     num_threads: int | None,
-    moments: dict[str, np.ndarray] | None = None,
+    moments: Moments | None = None,
 ) -> dict[str, int]:
     """Bits per tensor (``energies``: every tensor's weighted energy, the error allocator's scale)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
@@ -223,8 +229,9 @@ def plan_bits(
     measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
+        moment = moments.get(t.name) if moments is not None else None
         for b in measured_levels:
-            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, (moments or {}).get(t.name))
+            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment)
             measured[(t.name, b)] = err / energies[t.name] if energies[t.name] > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
@@ -290,6 +297,8 @@ def palettize(
             )
     started = time.monotonic()
     src_path = resolve_model(src)
+    if stats is not None and stats.inputs:
+        stats.check_source(src_path)  # before any work
     check_destination(dst, sources=[src_path], overwrite=overwrite)
     with atomic_directory(dst, overwrite=overwrite, sources=[src_path]) as tmp:
         source = src_path
@@ -308,8 +317,6 @@ def palettize(
                 stats=first_step_stats,
             )
         with Checkpoint(source) as ckpt:
-            if stats is not None and stats.inputs:
-                check_digest(stats, src_path)
             report = _write(
                 ckpt, tmp, chosen_config, format, progress, threads, stats if stats and stats.inputs else None
             )
@@ -326,16 +333,6 @@ def _check_source(ckpt: Checkpoint) -> None:
         raise InvalidArgumentError(
             f"{ckpt.path / 'config.json'}: this checkpoint is already palettized ('{PALETTE_KEY}'): "
             "palettize its source instead (palettizing twice would compound the error)"
-        )
-
-
-def check_digest(stats: ActivationStats, model: Path) -> None:
-    """The statistics were made from the weights of ``model`` (refused otherwise)."""
-    from ..io.stats import model_digest
-
-    if stats.digest != model_digest(model):
-        raise InvalidArgumentError(
-            f"{stats.file}: the statistics were made from other weights ({stats.source}) than {model} (digest differs)"
         )
 
 
@@ -359,13 +356,13 @@ def _write(
     for t in chosen:
         group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
     weights = column_weights(ckpt, chosen, config)
-    moments = moments_of(ckpt, chosen, stats)
+    moments = Moments(chosen, stats)
     energies = {t.name: _energy(ckpt, t, weights.get(t.name), moments.get(t.name)) for t in chosen}
     bits = plan_bits(ckpt, chosen, config, weights, energies, threads, moments)
     record = read_compression(ckpt)
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
     if stats is not None:
-        report.statistics = {**stats.provenance(), "tensors": sorted(moments)}
+        report.statistics = {**stats.provenance(), "tensors": sorted(moments.names)}
     report.bytes_source = ckpt.total_bytes()
     report.bytes_fp16 = sum(
         nbytes("F16" if ckpt.info(n).dtype in ("F32", "F64", "BF16") else ckpt.info(n).dtype, ckpt.info(n).shape)

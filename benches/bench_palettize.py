@@ -1,5 +1,6 @@
-"""Palettization against coremltools' post-training k-means palettizer, in one run, on the same
-tensors (falls back to scikit-learn's KMeans per row when coremltools cannot be imported):
+"""Palettization against coremltools' post-training k-means palettizer (``--comparator
+coremltools``, the default; the bench stops with one line when coremltools cannot be imported) or
+scikit-learn's KMeans per row (``--comparator scikit-learn``), in one run, on the same tensors:
 
 * per tensor of MODEL_DIR (its linear layers, the token embedding) and of a Whisper-large-v3-shaped
   checkpoint (one tensor per shape): wall time of ours (the Rust engine, all cores) and theirs
@@ -14,10 +15,13 @@ compact format does, coremltools keeps float32 tables.
 
     python benches/bench_palettize.py MODEL_DIR --bits 4 [--workdir W] [--granularity per-channel]
         [--group-size G] [--tensors N] [--large-layers 32] [--large-tensors 4] [--wer-data DIR]
+        [--comparator coremltools|scikit-learn] [--method exact]
 
-Writes WORKDIR/bench_palettize.json: {"machine", "theirs", "rows": [{"tensor", "model", "shape",
-"bits", "ours_s", "theirs_s", "speedup", "error_ours", "error_theirs", "error_ratio"}],
-"large_model": {"seconds", "layers", "bytes_fp16", "bytes_compact"}, "wer": {...}}.
+Writes WORKDIR/bench_palettize.json: {"machine", "clusterprune_version", "commit", "method" (our
+solver), "comparator", "theirs" (the comparator and its version), "rows": [{"tensor", "model",
+"shape", "bits", "ours_s", "theirs_s", "speedup", "error_ours", "error_theirs", "error_ratio"}],
+"large_model": {"seconds", "layers", "bytes_fp16", "bytes_compact"}, "wer": {...}}; the printed
+table names the comparator in its columns.
 """
 
 from __future__ import annotations
@@ -37,18 +41,28 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_whisper_large import make_checkpoint  # noqa: E402
+from bench_whisper_large import make_checkpoint, measured_build  # noqa: E402
 from clusterprune.engine.rust import palettize_rows  # noqa: E402
 from clusterprune.io.checkpoint import Checkpoint  # noqa: E402
 from clusterprune.palettize.config import PaletteConfig  # noqa: E402
 from clusterprune.palettize.targets import targets  # noqa: E402
 
+COMPARATORS = ("coremltools", "scikit-learn")
 
-def coremltools_palettizer() -> Any | None:
+
+def coremltools_palettizer() -> Any:
+    """coremltools' PostTrainingPalettizer and its config class; one line and exit 2 when it cannot
+    be imported (the comparison it was asked for cannot run)."""
     try:
         from coremltools.optimize.torch.palettization import PostTrainingPalettizer, PostTrainingPalettizerConfig
-    except Exception:  # noqa: BLE001 - any failure to import means: not available here
-        return None
+    except Exception as e:  # noqa: BLE001 - any failure to import means: not available here
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(
+            f"bench_palettize: --comparator coremltools, but coremltools cannot be imported here ({first}): "
+            "pip install coremltools torch, or pass --comparator scikit-learn",
+            file=sys.stderr,
+        )
+        raise SystemExit(2) from None
     import logging
 
     logging.getLogger("coremltools").setLevel(logging.WARNING)
@@ -93,7 +107,7 @@ def compare(name: str, model: str, w: np.ndarray, args: argparse.Namespace, api:
     mine = ours(w, args.bits, group, args.method)
     ours_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    theirs = theirs_coreml(w, args.bits, group, api) if api else theirs_sklearn(w, args.bits, group)
+    theirs = theirs_coreml(w, args.bits, group, api) if api is not None else theirs_sklearn(w, args.bits, group)
     theirs_s = time.perf_counter() - t0
     e_ours = float(np.sum((mine - w) ** 2))
     e_theirs = float(np.sum((theirs - w) ** 2))
@@ -187,6 +201,12 @@ def main() -> None:
     ap.add_argument("--granularity", choices=("per-channel", "per-grouped-channel"), default="per-channel")
     ap.add_argument("--group-size", type=int, default=16)
     ap.add_argument("--method", default="exact", help="our 1-D solver (default exact: the package default)")
+    ap.add_argument(
+        "--comparator",
+        choices=COMPARATORS,
+        default="coremltools",
+        help="what ours is compared with (default coremltools; scikit-learn: KMeans per row)",
+    )
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     ap.add_argument("--tensors", type=int, default=0, help="MODEL_DIR tensors compared (0: all; N: one per shape)")
     ap.add_argument("--large-layers", type=int, default=32, help="layers per stack of the large-shaped model (0: skip)")
@@ -195,19 +215,24 @@ def main() -> None:
     ap.add_argument("--wer-limit", type=int, help="at most N utterances for the WER comparison")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    api = coremltools_palettizer()
-    theirs = "coremltools PostTrainingPalettizer" if api else "scikit-learn KMeans per row (coremltools unavailable)"
-    if api:
+    api = coremltools_palettizer() if args.comparator == "coremltools" else None
+    if api is not None:
         import coremltools
 
-        theirs += f" {coremltools.__version__}"
+        theirs = f"coremltools {coremltools.__version__} PostTrainingPalettizer"
+    else:
+        import sklearn
+
+        theirs = f"scikit-learn {sklearn.__version__} KMeans per row"
     rows = [compare(n, "model_dir", w, args, api) for n, w in matrices(args.model_dir, args.tensors)]
     result: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        **measured_build(),
+        "method": args.method,
+        "comparator": args.comparator,
         "theirs": theirs,
         "bits": args.bits,
         "granularity": args.granularity,
-        "method": args.method,
         "rows": rows,
     }
     if args.large_layers > 0:
@@ -217,8 +242,9 @@ def main() -> None:
     if args.wer_data:
         result["wer"] = wer(args, api)
     (args.workdir / "bench_palettize.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"theirs: {theirs}; {args.bits} bits {args.granularity}; ours: method {args.method}")
-    print("| model | tensor | shape | ours s | theirs s | speedup | error ours / theirs |")
+    c = args.comparator
+    print(f"ours: clusterprune method {args.method}; {c}: {theirs}; {args.bits} bits {args.granularity}")
+    print(f"| model | tensor | shape | ours s | {c} s | speedup | error ours / {c} |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         shape = "x".join(map(str, r["shape"]))
@@ -229,7 +255,7 @@ def main() -> None:
     total_ours, total_theirs = sum(r["ours_s"] for r in rows), sum(r["theirs_s"] for r in rows)
     errs = sum(r["error_ours"] for r in rows) / max(sum(r["error_theirs"] for r in rows), 1e-300)
     print(
-        f"total: ours {total_ours:.2f} s, theirs {total_theirs:.1f} s ({total_theirs / total_ours:.0f}x); error {errs:.4f}"
+        f"total: ours {total_ours:.2f} s, {c} {total_theirs:.1f} s ({total_theirs / total_ours:.0f}x); error {errs:.4f}"
     )
     if "large_model" in result:
         lm = result["large_model"]

@@ -13,7 +13,8 @@ trained model's), compressed at 10 % sparsity by the `clusterprune` CLI:
     python benches/bench_whisper_large.py [--layers 32] [--workdir bench-out] [--sklearn-modules 3]
         [--recipe paper] [--second-recipe datafree]
 
-Prints markdown tables and writes WORKDIR/bench_whisper_large.json: {"machine", "layers",
+Prints markdown tables and writes WORKDIR/bench_whisper_large.json: {"machine",
+"clusterprune_version", "commit", "layers",
 "checkpoint_gib", "runs": [{"recipe", "compress_seconds", "peak_rss_gib", "gemm_floor_seconds",
 "modules", "clustered_modules"}], "sklearn": [{"module", "speedup", "inertia_ratio", ...}]}.
 """
@@ -104,6 +105,21 @@ def synth(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.nda
         w = scale * (0.5 * low / np.sqrt(rank) + rng.standard_normal(shape, dtype=np.float32))
         return w.astype(np.float16)
     return (scale * rng.standard_normal(shape, dtype=np.float32)).astype(np.float16)
+
+
+def measured_build() -> dict[str, str]:
+    """What a bench measured: the package version and the commit of the checkout it ran from
+    ("unknown" outside a git checkout; "+changes" when the tracked files differ from it)."""
+    import clusterprune
+
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=repo, capture_output=True).returncode != 0
+        commit = head.stdout.strip() + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {"clusterprune_version": clusterprune.__version__, "commit": commit}
 
 
 def make_checkpoint(path: Path, layers: int, vocab: int = VOCAB) -> None:
@@ -256,6 +272,7 @@ def main() -> None:
         rows = sklearn_side_by_side(src, kmeans_report, args.sklearn_modules)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        **measured_build(),
         "layers": args.layers,
         "checkpoint_gib": ckpt_gib,
         "runs": runs,

@@ -66,14 +66,11 @@ def fold(parts: Sequence[tuple[Part, Any]], labels: Any, k: int, rule: Fusion, x
 
 def expand(folded: Sequence[tuple[Part, Any]], labels: Any, k: int, xp: Any = np) -> list[tuple[Part, Any]]:
     """Folded (K, w) parts -> same-shape (N, w) parts computing the same function."""
-    sizes = cluster_sizes(labels, k, xp).astype(xp.float64)
-    kept = labels >= 0
+    sizes = xp.maximum(cluster_sizes(labels, k, xp).astype(xp.float64), 1.0)  # 1 only where no unit picks the row
     out = []
     for part, merged in folded:
-        full = xp.zeros((labels.shape[0], merged.shape[1]), dtype=xp.float64)
-        rows = merged[labels[kept]]
-        if part.role == "consumer":
-            rows = rows / sizes[labels[kept]][:, None]
-        full[kept] = rows
-        out.append((part, full))
+        rows = merged / sizes[:, None] if part.role == "consumer" else merged
+        # one gather from the K rows and a zero row last: label -1 (a removed unit) picks the zeros
+        table = xp.concatenate([rows, xp.zeros((1, merged.shape[1]), dtype=xp.float64)]).astype(xp.float64, copy=False)
+        out.append((part, xp.take(table, labels, axis=0)))
     return out

@@ -245,7 +245,10 @@ def _compress_module(
             "make the statistics with more --clips"
         )
     xp = compute.namespace()
-    on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
+    if xp is np:
+        on_device = parts
+    else:
+        on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
     folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
     if recipe.repair and spec.kind == "ffn" and m.k < m.n_units:
         host = [(p, to_host(xp, u)) for p, u in folded]

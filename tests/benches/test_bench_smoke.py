@@ -4,6 +4,7 @@ CI; each names the recipe it measures and writes the JSON fields the README read
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ def test_large_model_bench_times_both_recipes_and_compares_with_sklearn(workdir)
     assert all(r["compress_seconds"] > 0 and r["peak_rss_gib"] > 0 for r in result["runs"])
     (row,) = result["sklearn"]
     assert row["speedup"] > 0 and 0.5 < row["inertia_ratio"] < 1.5
+    assert result["commit"] and result["clusterprune_version"]
 
 
 def test_gpu_bench_runs_its_code_path_with_numpy(workdir):
@@ -113,7 +115,32 @@ def test_palettize_bench_against_coremltools_on_tiny_en(tiny_en, workdir):
         assert {"tensor", "bits", "ours_s", "theirs_s", "speedup", "error_ours", "error_theirs"} <= set(row)
         assert row["speedup"] > 1 and row["error_ours"] <= row["error_theirs"] * 1.0001  # exact 1-D k-means
     assert result["large_model"]["bytes_compact"] < 0.4 * result["large_model"]["bytes_fp16"]
-    assert "speedup" in r.stdout
+    assert result["comparator"] == "coremltools" and result["theirs"].startswith("coremltools ")
+    assert result["method"] == "exact" and result["commit"]
+    assert "| coremltools s |" in r.stdout and "error ours / coremltools" in r.stdout
+
+
+def test_palettize_bench_stops_with_one_line_when_coremltools_cannot_be_imported(tiny_en, workdir, tmp_path):
+    shadow = tmp_path / "shadow" / "coremltools"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('coremltools is hidden by this test')\n")
+    env = {**os.environ, "PYTHONPATH": str(shadow.parent)}
+    args = [tiny_en, "--tensors", 1, "--large-layers", 0, "--workdir", tmp_path / "out"]
+    r = subprocess.run(
+        [sys.executable, str(BENCHES / "bench_palettize.py"), *map(str, args)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 2 and r.stdout == ""
+    (line,) = r.stderr.strip().splitlines()
+    assert "coremltools cannot be imported" in line and "--comparator scikit-learn" in line
+    assert not (tmp_path / "out" / "bench_palettize.json").exists()
+    args = [*args[:-1], tmp_path / "sk", "--comparator", "scikit-learn"]
+    r = subprocess.run(
+        [sys.executable, str(BENCHES / "bench_palettize.py"), *map(str, args)], capture_output=True, text=True, env=env
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "sk" / "bench_palettize.json").read_text())
+    assert result["comparator"] == "scikit-learn" and result["theirs"].startswith("scikit-learn ")
+    assert "| scikit-learn s |" in r.stdout
 
 
 def _headline_module():

@@ -18,6 +18,24 @@ def test_pack_round_trip_and_size(bits):
         np.testing.assert_array_equal(unpack_indices(packed, bits, count), idx)
 
 
+def _numpy_pack(indices: np.ndarray, bits: int) -> np.ndarray:
+    """The stream by NumPy's bit arrays: each index's low ``bits`` bits, least significant first."""
+    stream = np.unpackbits(indices.reshape(-1, 1), axis=1, bitorder="little")[:, :bits]
+    return np.packbits(stream.reshape(-1), bitorder="little")
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_packing_matches_numpy_bit_arrays_on_fresh_inputs(bits):
+    rng = np.random.default_rng()
+    for count in (0, 1, 3, 65536 - 1, 65536 + 3, int(rng.integers(1, 300_000))):  # across the engine's chunks
+        idx = rng.integers(0, 2**bits, size=count, dtype=np.uint8)
+        np.testing.assert_array_equal(pack_indices(idx, bits), _numpy_pack(idx, bits))
+        np.testing.assert_array_equal(unpack_indices(_numpy_pack(idx, bits), bits, count), idx)
+    if bits < 8:
+        with pytest.raises(ValueError, match="does not fit"):
+            pack_indices(np.array([0, 2**bits], dtype=np.uint8), bits)
+
+
 def test_pack_layout_is_lsb_first():
     # indices 1, 2, 3 at 2 bits: bits 01 | 10 | 11 -> byte 0b00_11_10_01
     assert pack_indices(np.array([1, 2, 3], dtype=np.uint8), 2).tolist() == [0b00111001]

@@ -5,6 +5,8 @@ modelled output error it claims to minimise)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,21 +16,24 @@ from clusterprune.io.palette import read_state
 from clusterprune.io.safetensors import to_f32
 from clusterprune.io.stats import load_stats
 from clusterprune.palettize import output_error
-from clusterprune.palettize.output_error import choose_indices, damped, nearest
-from conftest import LIBRISPEECH, needs_data, needs_package
+from clusterprune.palettize.output_error import choose_indices, damped, factor, nearest
+from conftest import LIBRISPEECH, REPO, needs_data, needs_package
 from hostile import one_line_error, run
 
 
-def reference_indices(w: np.ndarray, tables: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """GPTQ's update one column at a time over every remaining column, straight from its definition."""
-    u = np.linalg.cholesky(np.linalg.inv(damped(h))).T
-    w = w.astype(np.float64).copy()
+def reference_indices(w: np.ndarray, tables: np.ndarray, h: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
+    """GPTQ's update one column at a time over every remaining column, straight from its
+    definition, the columns taken in ``order`` (default: as they are)."""
     rows, cols = w.shape
+    order = np.arange(cols) if order is None else order
+    hd = damped(h)[np.ix_(order, order)]  # the damped moment of the columns in their order
+    u = np.linalg.cholesky(np.linalg.inv(hd)).T
+    w = w.astype(np.float64)[:, order].copy()
     out = np.zeros((rows, cols), dtype=np.uint8)
     for j in range(cols):
         dist = np.abs(tables - w[:, j : j + 1])
         idx = np.argmin(dist, axis=1)
-        out[:, j] = idx
+        out[:, order[j]] = idx
         err = (w[:, j] - tables[np.arange(rows), idx]) / u[j, j]
         w[:, j:] -= np.outer(err, u[j, j:])
     return out
@@ -50,20 +55,45 @@ def test_the_blocked_choice_equals_the_reference(monkeypatch, rows, cols, k, dea
     expected = reference_indices(w, tables, h)
     for block in (1, 3, 128):
         monkeypatch.setattr(output_error, "BLOCK", block)
-        np.testing.assert_array_equal(choose_indices(w, tables, h), expected)
+        np.testing.assert_array_equal(choose_indices(w, tables, factor(h, act_order=False)), expected)
+
+
+@pytest.mark.parametrize(("rows", "cols", "k", "dead"), [(1, 1, 1, 0), (5, 7, 2, 2), (4, 200, 16, 0)])
+def test_the_activation_order_takes_the_most_heard_columns_first(monkeypatch, rows, cols, k, dead):
+    rng = np.random.default_rng()  # fresh problems each run
+    w, tables, h = random_problem(rng, rows, cols, k, dead)
+    scale = rng.uniform(0.1, 10.0, size=cols)
+    h = scale[:, None] * h * scale[None, :]  # columns heard very unequally (D H D stays a moment)
+    order = np.argsort(-np.diag(damped(h)), kind="stable")
+    expected = reference_indices(w, tables, h, order)
+    for block in (1, 3, 128):
+        monkeypatch.setattr(output_error, "BLOCK", block)
+        np.testing.assert_array_equal(choose_indices(w, tables, factor(h)), expected)
+
+
+def test_table_weights_are_what_a_column_costs_after_the_later_columns_compensate():
+    rng = np.random.default_rng()
+    _, _, h = random_problem(rng, 1, 12, 2, dead=2)
+    f = factor(h)
+    hd = damped(h)
+    for at, col in enumerate(f.order):
+        later = f.order[at + 1 :]
+        schur = hd[col, col] - hd[col, later] @ np.linalg.solve(hd[np.ix_(later, later)], hd[later, col])
+        assert f.column_weights()[col] == pytest.approx(schur, rel=1e-9)
+    assert list(f.order) == sorted(range(12), key=lambda c: (-hd[c, c], c))
 
 
 def test_an_identity_moment_rounds_to_the_nearest_entry():
     rng = np.random.default_rng(1)
     w, tables, _ = random_problem(rng, 4, 9, 4)
-    got = choose_indices(w, tables, np.eye(9))
+    got = choose_indices(w, tables, factor(np.eye(9)))
     np.testing.assert_array_equal(got, np.stack([nearest(tables, w[:, j]) for j in range(9)], axis=1))
 
 
 def test_the_choice_lowers_the_output_error_of_nearest_rounding():
     rng = np.random.default_rng(2)
     w, tables, h = random_problem(rng, 64, 48, 4)
-    chosen = choose_indices(w, tables, h)
+    chosen = choose_indices(w, tables, factor(h))
     plain = np.stack([nearest(tables, w[:, j]) for j in range(48)], axis=1)
     q = np.take_along_axis(tables, chosen.astype(np.intp), axis=1)
     p = np.take_along_axis(tables, plain.astype(np.intp), axis=1)
@@ -145,3 +175,17 @@ def test_a_bits_sweep_with_layer_inputs_measures_both_errors(capsys, trainable, 
     rows = [r for r in json.loads((out / "results.json").read_text()) if r["method"] == "palettize"]
     assert sorted(r["output_error"] for r in rows) == [False, True]
     assert "output error (--stats)" in (out / "results.md").read_text()
+
+
+@needs_package
+def test_the_held_out_script_measures_every_variant(trainable, input_stats, tmp_path):
+    out = tmp_path / "heldout.json"
+    script = REPO / "scripts" / "output_error_heldout.py"
+    args = [trainable["whisper"], input_stats, input_stats, "--bits", "3", "--json", out]
+    r = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    variants = ["natural / diag(H)", "activation order / diag(H)", "activation order / compensated cost"]
+    assert [row["variant"] for row in rows] == variants
+    assert all(row["bits"] == 3 and row["tensors"] > 0 and 0 < row["geomean"] <= row["sum"] for row in rows)
+    assert "| 3 | activation order / compensated cost |" in r.stdout

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .._core import pack_indices as _pack
+from .._core import unpack_indices as _unpack
 from ..errors import CorruptCheckpointError, InvalidArgumentError
 from .checkpoint import Checkpoint
 from .safetensors import STORAGE, from_f32
@@ -49,19 +51,15 @@ SUFFIXES = {
 
 
 def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 indices (< 2^bits) -> the packed little-endian bit stream (uint8)."""
-    flat = np.ascontiguousarray(indices, dtype=np.uint8).reshape(-1, 1)
-    stream = np.unpackbits(flat, axis=1, bitorder="little")[:, :bits]
-    return np.packbits(stream.reshape(-1), bitorder="little")
+    """uint8 indices (< 2^bits) -> the packed little-endian bit stream (uint8): index i fills bits
+    i * bits .. (i + 1) * bits - 1, bit 0 being the lowest of byte 0."""
+    return _pack(np.ascontiguousarray(indices, dtype=np.uint8).reshape(-1), int(bits))
 
 
 def unpack_indices(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """The inverse of :func:`pack_indices`: ``count`` uint8 indices."""
-    need = math.ceil(count * bits / 8)
-    if packed.size != need:
-        raise ValueError(f"{packed.size} packed bytes, expected {need} for {count} indices of {bits} bits")
-    stream = np.unpackbits(np.ascontiguousarray(packed, dtype=np.uint8), bitorder="little")[: count * bits]
-    return (stream.reshape(count, bits).astype(np.uint8) << np.arange(bits, dtype=np.uint8)).sum(axis=1, dtype=np.uint8)
+    """The inverse of :func:`pack_indices`: ``count`` uint8 indices (InvalidArgumentError, a
+    ValueError, when ``packed`` does not hold exactly their bytes)."""
+    return _unpack(np.ascontiguousarray(packed, dtype=np.uint8).reshape(-1), int(bits), int(count))
 
 
 @dataclass(frozen=True)

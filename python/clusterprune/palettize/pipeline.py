@@ -29,7 +29,7 @@ from ..io.stats import ActivationStats
 from ..progress import Progress
 from .allocate import error_plan, fixed_bits, variance_plan
 from .config import BITS, PaletteConfig, make_config
-from .output_error import choose_indices, output_error
+from .output_error import choose_indices, factor, output_error
 from .targets import Target, column_weights, targets
 
 FOLD_DIR = ".folded-source"
@@ -136,15 +136,17 @@ def palettize_tensor(
     moment: np.ndarray | None = None,
 ) -> tuple[Palettized, float]:
     """One tensor palettized: (the result, weighted squared error). With ``moment`` = H, the
-    second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by
-    diag(H), indices chosen against the output error, and that error returned."""
+    second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by what
+    each column's error costs the output, indices chosen against the output error, and that
+    error returned."""
     info = ckpt.info(t.name)
     values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
     lut_dtype = lut_dtype_of(info.dtype, config)
     g = group_rows(t, config, ckpt.file_of(t.name))
-    if moment is not None:
-        diag = np.maximum(np.diag(moment), 0.0)
-        weights = np.maximum(diag / max(float(diag.mean()), 1e-30), 1e-6)
+    factored = factor(moment) if moment is not None else None
+    if factored is not None:
+        costs = factored.column_weights()
+        weights = np.maximum(costs / max(float(costs.mean()), 1e-30), 1e-6)
     try:
         r = palettize_rows(
             values,
@@ -166,8 +168,8 @@ def palettize_tensor(
     positions = np.asarray(r.outliers, dtype=np.int64)
     raw = np.asarray(ckpt.raw(t.name)).reshape(-1)
     indices = r.indices
-    if moment is not None:
-        indices = choose_indices(values, r.luts[np.arange(t.rows) // g], moment)
+    if factored is not None:
+        indices = choose_indices(values, r.luts[np.arange(t.rows) // g], factored)
     p = Palettized(t.shape, info.dtype, bits, g, r.luts, lut_dtype, indices, r.scales, positions, raw[positions].copy())
     if moment is not None:
         dequantized = to_f32(p.dequantize(), info.dtype).reshape(t.rows, t.cols)

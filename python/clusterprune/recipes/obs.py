@@ -28,34 +28,64 @@ class Removal:
     errors: np.ndarray  # (steps,) output error E(r) after removing order[:r + 1]
 
 
+ROWS = 256  # rows per slice of the rank-one updates and the symmetrisation: no N x N temporary
+
+
 def ridged(cov: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """cov + scale * RIDGE * (mean variance) * I, a new array (the same numbers as adding a
     scaled identity, without allocating one)."""
-    n = cov.shape[0]
     out = cov + 0.0
-    diagonal = np.arange(n)
-    out[diagonal, diagonal] += scale * RIDGE * max(float(np.trace(cov)) / max(n, 1), 1e-30)
+    diagonal = np.arange(cov.shape[0])
+    out[diagonal, diagonal] += scale * RIDGE * _mean_variance(cov)
     return out
+
+
+def _mean_variance(cov: np.ndarray) -> float:
+    return max(float(np.trace(cov)) / max(cov.shape[0], 1), 1e-30)
 
 
 def inverse(cov: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, float]:
     """(ridged(cov, scale)^-1 symmetrised, the ridge scale used): a covariance summed in float32
     can have negative eigenvalues beyond the ridge (an inverse with a non-positive diagonal); the
-    ridge then grows tenfold until the matrix factorises."""
-    p = np.linalg.inv(ridged(cov, scale))
-    while np.any(np.diag(p) <= 0) and scale < 1e12:
-        scale *= 10.0
-        try:
-            np.linalg.cholesky(ridged(cov, scale))
-        except np.linalg.LinAlgError:
-            continue
-        p = np.linalg.inv(ridged(cov, scale))
-    p += p.T  # numpy buffers the overlapping transpose: the same numbers as p + p.T
-    p /= 2
+    ridge then grows tenfold until the matrix factorises.
+
+    The ridge is added to ``cov`` in place and its diagonal put back bit for bit afterwards (a
+    -0.0 elsewhere becomes 0.0, as in ``ridged``): no N x N copy beside the inverse's own, and the
+    same numbers as inverting ``ridged(cov, scale)``."""
+    diagonal = np.arange(cov.shape[0])
+    mean_variance = _mean_variance(cov)  # before the diagonal changes
+    np.add(cov, 0.0, out=cov)
+    saved = cov[diagonal, diagonal].copy()
+    try:
+        cov[diagonal, diagonal] = saved + scale * RIDGE * mean_variance
+        p = np.linalg.inv(cov)
+        while np.any(np.diag(p) <= 0) and scale < 1e12:
+            scale *= 10.0
+            cov[diagonal, diagonal] = saved + scale * RIDGE * mean_variance
+            try:
+                np.linalg.cholesky(cov)
+            except np.linalg.LinAlgError:
+                continue
+            del p
+            p = np.linalg.inv(cov)
+    finally:
+        cov[diagonal, diagonal] = saved
+    _symmetrise(p)
     return p, scale
 
 
-ROWS = 256  # rows per slice of the rank-one updates: no N x N temporary
+def _symmetrise(p: np.ndarray) -> None:
+    """p = (p + p^T) / 2 in place, a block at a time (the same numbers as the whole-matrix
+    expression: each pair is added once and halved)."""
+    n = p.shape[0]
+    for r0 in range(0, n, ROWS):
+        r1 = min(r0 + ROWS, n)
+        for c0 in range(r0, n, ROWS):
+            c1 = min(c0 + ROWS, n)
+            block = p[r0:r1, c0:c1] + p[c0:c1, r0:r1].T
+            block /= 2
+            p[r0:r1, c0:c1] = block
+            p[c0:c1, r0:r1] = block.T
 
 
 def greedy_removal(cov: np.ndarray, consumer: np.ndarray, steps: int) -> Removal:

@@ -6,16 +6,20 @@
 //! * [`select`]: structured magnitude selection (keep the K best-scoring units).
 //! * [`allocate`]: per-module cluster counts (uniform and variance-mixed plans).
 //! * [`dtype`]: f16 / bf16 <-> f32 conversion for checkpoint storage.
+//! * [`bitpack`]: table indices packed into a bit stream and back.
+//! * [`segment`]: sums of matrix rows per label.
 //!
 //! Nothing here knows about Python, files or model families: inputs are plain slices.
 
 pub mod allocate;
+pub mod bitpack;
 pub mod dtype;
 pub mod error;
 pub mod kmeans;
 mod linalg;
 pub mod palette;
 mod rng;
+pub mod segment;
 pub mod select;
 
 pub use error::CoreError;

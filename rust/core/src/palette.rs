@@ -229,6 +229,39 @@ struct Layer<'a> {
 }
 
 impl Layer<'_> {
+    /// The earliest i in lo..=hi minimising prev[i] + cost(i, j), and that value (lo.min(hi)
+    /// and infinity when none is below infinity). The same sums as `Prefix::cost`, over slices
+    /// (no bounds checks in the loop) and without a branch on the comparison.
+    #[inline]
+    fn best_start(&self, j: usize, lo: usize, hi: usize) -> (f64, usize) {
+        let (mut best, mut arg) = (f64::INFINITY, lo.min(hi));
+        if lo > hi {
+            return (best, arg);
+        }
+        let pre = self.pre;
+        let (wj, sj, qj) = (pre.w[j], pre.s[j], pre.q[j]);
+        let range = lo..hi + 1;
+        let candidates = self.prev[range.clone()]
+            .iter()
+            .zip(&pre.w[range.clone()])
+            .zip(&pre.s[range.clone()])
+            .zip(&pre.q[range]);
+        for (at, (((&prev, &wi), &si), &qi)) in candidates.enumerate() {
+            let w = wj - wi;
+            let s = sj - si;
+            let cost = if w <= 0.0 {
+                0.0
+            } else {
+                (qj - qi - s * s / w).max(0.0)
+            };
+            let v = prev + cost;
+            let better = v < best;
+            best = if better { v } else { best };
+            arg = if better { lo + at } else { arg };
+        }
+        (best, arg)
+    }
+
     /// Fills j in jlo..=jhi, whose last cluster starts in ilo..=ihi.
     fn solve(&mut self, jlo: usize, jhi: usize, ilo: usize, ihi: usize) {
         if jlo > jhi {
@@ -237,14 +270,7 @@ impl Layer<'_> {
         let mid = (jlo + jhi) / 2;
         let lo = ilo.max(self.below[mid] as usize);
         let hi = ihi.min(mid - 1);
-        let (mut best, mut arg) = (f64::INFINITY, lo.min(hi));
-        for i in lo..=hi {
-            let v = self.prev[i] + self.pre.cost(i, mid);
-            if v < best {
-                best = v;
-                arg = i;
-            }
-        }
+        let (best, arg) = self.best_start(mid, lo, hi);
         self.cur[mid] = best;
         self.opt[mid] = arg as u32;
         if mid > jlo {

@@ -2,7 +2,9 @@
 //! the exception classes of `clusterprune.errors` (looked up once), results to frozen classes;
 //! it releases the GIL around heavy work and keeps one rayon pool per requested thread count.
 
-use clusterprune_core::{allocate, dtype, kmeans as km, palette as pal, select, CoreError};
+use clusterprune_core::{
+    allocate, bitpack, dtype, kmeans as km, palette as pal, segment, select, CoreError,
+};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
     PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
@@ -384,6 +386,49 @@ fn f32_to_bf16<'py>(
     convert(py, values, dtype::f32_to_bf16)
 }
 
+/// uint8 table indices (each < 2^bits) packed into the little-endian bit stream.
+#[pyfunction]
+fn pack_indices<'py>(
+    py: Python<'py>,
+    indices: PyReadonlyArray1<'py, u8>,
+    bits: u32,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let data = indices.as_slice()?;
+    let out = py.detach(|| bitpack::pack(data, bits)).map_err(to_py_err)?;
+    Ok(out.into_pyarray(py))
+}
+
+/// The first `count` indices of a packed bit stream (which must hold exactly their bytes).
+#[pyfunction]
+fn unpack_indices<'py>(
+    py: Python<'py>,
+    packed: PyReadonlyArray1<'py, u8>,
+    bits: u32,
+    count: usize,
+) -> PyResult<Bound<'py, PyArray1<u8>>> {
+    let data = packed.as_slice()?;
+    let out = py
+        .detach(|| bitpack::unpack(data, bits, count))
+        .map_err(to_py_err)?;
+    Ok(out.into_pyarray(py))
+}
+
+/// (k, cols) float64 sums of the rows of `x` per label, each in row order.
+#[pyfunction]
+fn segment_sum<'py>(
+    py: Python<'py>,
+    labels: PyReadonlyArray1<'py, i64>,
+    x: PyReadonlyArray2<'py, f64>,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let cols = x.shape()[1];
+    let (l, data) = (labels.as_slice()?, x.as_slice()?);
+    let out = py
+        .detach(|| segment::segment_sum(l, data, cols, k))
+        .map_err(to_py_err)?;
+    PyArray1::from_vec(py, out).reshape([k, cols])
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans, m)?)?;
@@ -404,6 +449,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bf16_to_f32, m)?)?;
     m.add_function(wrap_pyfunction!(f32_to_f16, m)?)?;
     m.add_function(wrap_pyfunction!(f32_to_bf16, m)?)?;
+    m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
+    m.add_function(wrap_pyfunction!(segment_sum, m)?)?;
     m.add("WARD_MAX_N", km::WARD_MAX_N)?;
     Ok(())
 }

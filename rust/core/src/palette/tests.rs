@@ -295,3 +295,76 @@ fn table_dtype_rounding_and_thread_count_do_not_change_the_result() {
         assert_eq!(r, reference);
     }
 }
+
+/// The candidate scan of one D&C node as first written: `Prefix::cost` per candidate, a branch
+/// on each comparison.
+fn scan_reference(pre: &Prefix, prev: &[f64], j: usize, lo: usize, hi: usize) -> (f64, usize) {
+    let (mut best, mut arg) = (f64::INFINITY, lo.min(hi));
+    for i in lo..=hi {
+        let v = prev[i] + pre.cost(i, j);
+        if v < best {
+            best = v;
+            arg = i;
+        }
+    }
+    (best, arg)
+}
+
+#[test]
+fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
+    let mut rng = SplitMix64::new(0x7e57);
+    for case in 0..400 {
+        let n = 1 + (rng.next_u64() % 60) as usize;
+        // few distinct values and repeated prev entries: exact ties between candidates
+        let levels = 1 + (rng.next_u64() % 5);
+        let x: Vec<f64> = {
+            let mut v: Vec<f64> = (0..n)
+                .map(|_| (rng.next_u64() % (levels * 4)) as f64 * 0.25)
+                .collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v.dedup();
+            v
+        };
+        let m = x.len();
+        let w: Vec<f64> = (0..m)
+            .map(|_| {
+                if case % 3 == 0 {
+                    1.0
+                } else {
+                    rng.next_f64() + 0.01
+                }
+            })
+            .collect();
+        let pre = Prefix::new(&Points { x, w });
+        let prev: Vec<f64> = (0..=m)
+            .map(|_| match rng.next_u64() % 4 {
+                0 => f64::INFINITY,
+                1 => 0.0,
+                _ => (rng.next_u64() % 3) as f64,
+            })
+            .collect();
+        let below = vec![0u32; m + 1];
+        let layer = Layer {
+            pre: &pre,
+            prev: &prev,
+            below: &below,
+            cur: vec![0.0; m + 1],
+            opt: vec![0; m + 1],
+        };
+        for j in 1..=m {
+            for lo in 0..j {
+                for hi in lo.saturating_sub(1)..j {
+                    let (a, b) = (
+                        layer.best_start(j, lo, hi),
+                        scan_reference(&pre, &prev, j, lo, hi),
+                    );
+                    assert_eq!(
+                        (a.0.to_bits(), a.1),
+                        (b.0.to_bits(), b.1),
+                        "j {j} lo {lo} hi {hi}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,94 @@
+"""How the output-error palettizer's choices (the column order of the index choice, the column
+weights of the tables) fare on statistics they were not made from: every tensor that has an input
+moment is palettized from the statistics FIT, and its modelled output error
+sum over rows of (w - q)^T H (w - q) is measured under the held-out statistics TEST (another
+`clusterprune selfgen --layer-inputs` run, e.g. with `--seed 1`), relative to the layer's output
+energy w^T H w. No recorded speech and no WER: what `palettize --stats` minimises, out of sample.
+
+    python scripts/output_error_heldout.py MODEL_DIR FIT TEST [--bits 3,4] [--json OUT.json]
+
+Prints one markdown row per (bits, variant): the held-out relative error summed over the layers
+and its geometric mean; `--json` writes the same rows. Variants:
+
+* natural / diag(H): the columns in their order, tables weighted by diag(H);
+* activation order / diag(H): the columns by descending diag(H);
+* activation order / compensated cost: tables weighted by 1 / U_jj^2 (the package's method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clusterprune.engine.rust import palettize_rows
+from clusterprune.io.checkpoint import Checkpoint
+from clusterprune.io.jsontext import dumps
+from clusterprune.io.stats import load_stats
+from clusterprune.palettize.config import PaletteConfig
+from clusterprune.palettize.targets import targets
+
+# the subpackage's modules (the package's `palettize` attribute is the function of that name)
+pipeline = importlib.import_module("clusterprune.palettize.pipeline")
+output_error = importlib.import_module("clusterprune.palettize.output_error")
+
+VARIANTS: dict[str, tuple[bool, str]] = {  # name: (activation order, table weights)
+    "natural / diag(H)": (False, "diag"),
+    "activation order / diag(H)": (True, "diag"),
+    "activation order / compensated cost": (True, "compensated"),
+}
+
+
+def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, bits: int) -> dict[str, list[float]]:
+    """Per variant, each tensor's held-out output error over its held-out output energy."""
+    chosen = targets(ckpt, PaletteConfig(bits=bits))
+    fit_moments, test_moments = pipeline.Moments(chosen, fit), pipeline.Moments(chosen, test)
+    out: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for t in chosen:
+        h, held_out = fit_moments.get(t.name), test_moments.get(t.name)
+        if h is None or held_out is None:
+            continue
+        w = ckpt.f32(t.name).reshape(t.rows, t.cols).astype(np.float64)
+        energy = float(np.sum((w @ held_out) * w))
+        for name, (act_order, weighting) in VARIANTS.items():
+            f = output_error.factor(h, act_order=act_order)
+            cw = np.maximum(np.diag(h), 0.0) if weighting == "diag" else f.column_weights()
+            cw = np.maximum(cw / max(float(cw.mean()), 1e-30), 1e-6)
+            tables = palettize_rows(w.astype(np.float32), bits, col_weights=cw, method="exact").luts
+            idx = output_error.choose_indices(w, tables, f)
+            q = np.take_along_axis(tables.astype(np.float64), idx.astype(np.intp), axis=1)
+            out[name].append(output_error.output_error(w, q, held_out) / energy if energy > 0 else 0.0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("fit", type=Path, help="statistics the palettizer reads (selfgen --layer-inputs)")
+    ap.add_argument("test", type=Path, help="held-out statistics the error is measured under")
+    ap.add_argument("--bits", default="3,4", help="comma-separated bits per weight (default 3,4)")
+    ap.add_argument("--json", type=Path, help="also write the rows here")
+    args = ap.parse_args()
+    fit, test = load_stats(args.fit), load_stats(args.test)
+    rows = []
+    with Checkpoint(args.model_dir) as ckpt:
+        for bits in (int(b) for b in args.bits.split(",")):
+            for name, rel in relative_errors(ckpt, fit, test, bits).items():
+                geo = math.exp(float(np.mean(np.log(np.maximum(rel, 1e-300))))) if rel else 0.0
+                rows.append(
+                    {"bits": bits, "variant": name, "tensors": len(rel), "sum": float(sum(rel)), "geomean": geo}
+                )
+    print("| bits | variant | tensors | held-out relative output error, summed | geometric mean |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['bits']} | {r['variant']} | {r['tensors']} | {r['sum']:.4f} | {r['geomean']:.5f} |")
+    if args.json:
+        args.json.write_text(dumps(rows, str(args.json), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ sum over rows of (w - q)^T H (w - q) is measured under the held-out statistics T
 `clusterprune selfgen --layer-inputs` run, e.g. with `--seed 1`), relative to the layer's output
 energy w^T H w. No recorded speech and no WER: what `palettize --stats` minimises, out of sample.
 
-    python scripts/output_error_heldout.py MODEL_DIR FIT TEST [--bits 3,4] [--json OUT.json]
+    python scripts/output_error_heldout.py MODEL_DIR FIT TEST [--bits 3,4] [--min-size 2048] [--json OUT.json]
 
 Prints one markdown row per (bits, variant): the held-out relative error summed over the layers
 and its geometric mean; `--json` writes the same rows. Variants:
@@ -43,9 +43,10 @@ VARIANTS: dict[str, tuple[bool, str]] = {  # name: (activation order, table weig
 }
 
 
-def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, bits: int) -> dict[str, list[float]]:
+def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, config: PaletteConfig) -> dict[str, list[float]]:
     """Per variant, each tensor's held-out output error over its held-out output energy."""
-    chosen = targets(ckpt, PaletteConfig(bits=bits))
+    bits = config.bits
+    chosen = targets(ckpt, config)
     fit_moments, test_moments = pipeline.Moments(chosen, fit), pipeline.Moments(chosen, test)
     out: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for t in chosen:
@@ -71,13 +72,15 @@ def main() -> None:
     ap.add_argument("fit", type=Path, help="statistics the palettizer reads (selfgen --layer-inputs)")
     ap.add_argument("test", type=Path, help="held-out statistics the error is measured under")
     ap.add_argument("--bits", default="3,4", help="comma-separated bits per weight (default 3,4)")
+    ap.add_argument("--min-size", type=int, default=PaletteConfig().min_size, help="as palettize's (default 2048)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
     args = ap.parse_args()
     fit, test = load_stats(args.fit), load_stats(args.test)
     rows = []
     with Checkpoint(args.model_dir) as ckpt:
         for bits in (int(b) for b in args.bits.split(",")):
-            for name, rel in relative_errors(ckpt, fit, test, bits).items():
+            config = PaletteConfig(bits=bits, min_size=args.min_size)
+            for name, rel in relative_errors(ckpt, fit, test, config).items():
                 geo = math.exp(float(np.mean(np.log(np.maximum(rel, 1e-300))))) if rel else 0.0
                 rows.append(
                     {"bits": bits, "variant": name, "tensors": len(rel), "sum": float(sum(rel)), "geomean": geo}

@@ -181,7 +181,7 @@ def test_a_bits_sweep_with_layer_inputs_measures_both_errors(capsys, trainable, 
 def test_the_held_out_script_measures_every_variant(trainable, input_stats, tmp_path):
     out = tmp_path / "heldout.json"
     script = REPO / "scripts" / "output_error_heldout.py"
-    args = [trainable["whisper"], input_stats, input_stats, "--bits", "3", "--json", out]
+    args = [trainable["whisper"], input_stats, input_stats, "--bits", "3", "--min-size", 0, "--json", out]
     r = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     rows = json.loads(out.read_text())

@@ -29,7 +29,7 @@ from ..io.stats import ActivationStats
 from ..progress import Progress
 from .allocate import error_plan, fixed_bits, variance_plan
 from .config import BITS, PaletteConfig, make_config
-from .output_error import choose_indices, factor, output_error
+from .output_error import Factor, choose_indices, factor, output_error
 from .targets import Target, column_weights, targets
 
 FOLD_DIR = ".folded-source"
@@ -134,16 +134,18 @@ def palettize_tensor(
     weights: np.ndarray | None,
     num_threads: int | None,
     moment: np.ndarray | None = None,
+    factored: Factor | None = None,
 ) -> tuple[Palettized, float]:
     """One tensor palettized: (the result, weighted squared error). With ``moment`` = H, the
     second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by what
     each column's error costs the output, indices chosen against the output error, and that
-    error returned."""
+    error returned; ``factored``: ``factor(moment)`` when the caller already has it."""
     info = ckpt.info(t.name)
     values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
     lut_dtype = lut_dtype_of(info.dtype, config)
     g = group_rows(t, config, ckpt.file_of(t.name))
-    factored = factor(moment) if moment is not None else None
+    if factored is None and moment is not None:
+        factored = factor(moment)
     if factored is not None:
         costs = factored.column_weights()
         weights = np.maximum(costs / max(float(costs.mean()), 1e-30), 1e-6)
@@ -214,11 +216,10 @@ def plan_bits(
     chosen: list[Target],
     config: PaletteConfig,
     weights: dict[str, np.ndarray],
-    energies: dict[str, float],
     num_threads: int | None,
     moments: Moments | None = None,
 ) -> dict[str, int]:
-    """Bits per tensor (``energies``: every tensor's weighted energy, the error allocator's scale)."""
+    """Bits per tensor (the error allocator's scale: each tensor's weighted energy)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
     free = [t for t in chosen if t.name not in fixed]
     levels = [b for b in BITS if config.min_bits <= b <= config.max_bits]
@@ -231,10 +232,12 @@ def plan_bits(
     measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
-        moment = moments.get(t.name) if moments is not None else None
+        moment = moments.get(t.name) if moments is not None else None  # read and factorised once per tensor
+        factored = factor(moment) if moment is not None else None
+        energy = _energy(ckpt, t, weights.get(t.name), moment)
         for b in measured_levels:
-            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment)
-            measured[(t.name, b)] = err / energies[t.name] if energies[t.name] > 0 else 0.0
+            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored)
+            measured[(t.name, b)] = err / energy if energy > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
         for b in levels:
@@ -359,8 +362,7 @@ def _write(
         group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
     weights = column_weights(ckpt, chosen, config)
     moments = Moments(chosen, stats)
-    energies = {t.name: _energy(ckpt, t, weights.get(t.name), moments.get(t.name)) for t in chosen}
-    bits = plan_bits(ckpt, chosen, config, weights, energies, threads, moments)
+    bits = plan_bits(ckpt, chosen, config, weights, threads, moments)
     record = read_compression(ckpt)
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
     if stats is not None:
@@ -387,9 +389,11 @@ def _write(
                     tmp / fname, entries, {**f.metadata, "format": f.metadata.get("format", "pt")}
                 )
         for t in chosen:
-            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads, moments.get(t.name))
+            moment = moments.get(t.name)  # read once for the tensor's error and its output energy
+            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads, moment)
+            energy = _energy(ckpt, t, weights.get(t.name), moment)
             compact = encode(t.name, p)
-            rho = err / energies[t.name] if energies[t.name] > 0 else 0.0
+            rho = err / energy if energy > 0 else 0.0
             report.tensors.append(
                 TensorResult(
                     t.name,

@@ -7,9 +7,12 @@ energy w^T H w. No recorded speech and no WER: what `palettize --stats` minimise
 
     python scripts/output_error_heldout.py MODEL_DIR FIT TEST [--bits 3,4] [--min-size 2048] [--json OUT.json]
 
-Prints one markdown row per (bits, variant): the held-out relative error summed over the layers
-and its geometric mean; `--json` writes the same rows. Variants:
+Prints one markdown row per (bits, variant, kind of tensor: linear layers, convolutions, the tied
+token embedding): the held-out relative error summed over the tensors and its geometric mean;
+`--json` writes the same rows. The embedding's error is the mean of its two roles' relative errors
+(the input table's weight error and the output projection's; `pipeline.tied_moment`). Variants:
 
+* plain k-means: the exact k-means of the weights, nearest entries (`palettize` without --stats);
 * natural / diag(H): the columns in their order, tables weighted by diag(H);
 * activation order / diag(H): the columns by descending diag(H);
 * activation order / compensated cost: tables weighted by 1 / U_jj^2 (the package's method).
@@ -37,18 +40,27 @@ pipeline = importlib.import_module("clusterprune.palettize.pipeline")
 output_error = importlib.import_module("clusterprune.palettize.output_error")
 
 VARIANTS: dict[str, tuple[bool, str]] = {  # name: (activation order, table weights)
+    "plain k-means": (False, "none"),
     "natural / diag(H)": (False, "diag"),
     "activation order / diag(H)": (True, "diag"),
     "activation order / compensated cost": (True, "compensated"),
 }
 
 
-def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, config: PaletteConfig) -> dict[str, list[float]]:
-    """Per variant, each tensor's held-out output error over its held-out output energy."""
+KINDS = ["linear", "convolution", "embedding"]
+
+
+def kind_of(t: Any) -> str:
+    return "embedding" if t.embedding else ("convolution" if len(t.shape) > 2 else "linear")
+
+
+def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, config: PaletteConfig) -> dict[tuple[str, str], list[float]]:
+    """Per (variant, kind of tensor), each tensor's held-out output error over its held-out
+    output energy."""
     bits = config.bits
     chosen = targets(ckpt, config)
-    fit_moments, test_moments = pipeline.Moments(chosen, fit), pipeline.Moments(chosen, test)
-    out: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    fit_moments, test_moments = pipeline.Moments(chosen, fit, ckpt), pipeline.Moments(chosen, test, ckpt)
+    out: dict[tuple[str, str], list[float]] = {}
     for t in chosen:
         h, held_out = fit_moments.get(t.name), test_moments.get(t.name)
         if h is None or held_out is None:
@@ -56,13 +68,18 @@ def relative_errors(ckpt: Checkpoint, fit: Any, test: Any, config: PaletteConfig
         w = ckpt.f32(t.name).reshape(t.rows, t.cols).astype(np.float64)
         energy = float(np.sum((w @ held_out) * w))
         for name, (act_order, weighting) in VARIANTS.items():
-            f = output_error.factor(h, act_order=act_order)
-            cw = np.maximum(np.diag(h), 0.0) if weighting == "diag" else f.column_weights()
-            cw = np.maximum(cw / max(float(cw.mean()), 1e-30), 1e-6)
-            tables = palettize_rows(w.astype(np.float32), bits, col_weights=cw, method="exact").luts
-            idx = output_error.choose_indices(w, tables, f)
+            if weighting == "none":
+                r = palettize_rows(w.astype(np.float32), bits, method="exact")
+                tables, idx = r.luts, r.indices
+            else:
+                f = output_error.factor(h, act_order=act_order)
+                cw = np.maximum(np.diag(h), 0.0) if weighting == "diag" else f.column_weights()
+                cw = np.maximum(cw / max(float(cw.mean()), 1e-30), 1e-6)
+                tables = palettize_rows(w.astype(np.float32), bits, col_weights=cw, method="exact").luts
+                idx = output_error.choose_indices(w, tables, f)
             q = np.take_along_axis(tables.astype(np.float64), idx.astype(np.intp), axis=1)
-            out[name].append(output_error.output_error(w, q, held_out) / energy if energy > 0 else 0.0)
+            rel = output_error.output_error(w, q, held_out) / energy if energy > 0 else 0.0
+            out.setdefault((name, kind_of(t)), []).append(rel)
     return out
 
 
@@ -80,15 +97,23 @@ def main() -> None:
     with Checkpoint(args.model_dir) as ckpt:
         for bits in (int(b) for b in args.bits.split(",")):
             config = PaletteConfig(bits=bits, min_size=args.min_size)
-            for name, rel in relative_errors(ckpt, fit, test, config).items():
+            for (name, kind), rel in relative_errors(ckpt, fit, test, config).items():
                 geo = math.exp(float(np.mean(np.log(np.maximum(rel, 1e-300))))) if rel else 0.0
                 rows.append(
-                    {"bits": bits, "variant": name, "tensors": len(rel), "sum": float(sum(rel)), "geomean": geo}
+                    {
+                        "bits": bits,
+                        "variant": name,
+                        "kind": kind,
+                        "tensors": len(rel),
+                        "sum": float(sum(rel)),
+                        "geomean": geo,
+                    }
                 )
-    print("| bits | variant | tensors | held-out relative output error, summed | geometric mean |")
-    print("|---|---|---|---|---|")
+    rows.sort(key=lambda r: (r["bits"], KINDS.index(r["kind"]), list(VARIANTS).index(r["variant"])))
+    print("| bits | tensors | variant | count | held-out relative output error, summed | geometric mean |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['bits']} | {r['variant']} | {r['tensors']} | {r['sum']:.4f} | {r['geomean']:.5f} |")
+        print(f"| {r['bits']} | {r['kind']} | {r['variant']} | {r['tensors']} | {r['sum']:.4f} | {r['geomean']:.5f} |")
     if args.json:
         args.json.write_text(dumps(rows, str(args.json), indent=2) + "\n")
 

@@ -221,11 +221,34 @@ def test_sweep_bits_axis_palettizes_evaluates_and_plots(trainable, tmp_path, cap
     assert pal[("uniform", 2)]["size_ratio"] < pal[("uniform", 6)]["size_ratio"]  # (rows of 32: tables dominate)
     for b in (6, 2):  # the error plan spends at most the uniform plan's compact size
         assert pal[("error", b)]["bytes_compact"] <= pal[("uniform", b)]["bytes_compact"]
-    assert (out / "wer_vs_bits.png").is_file() and "| palettize | by | bits |" in (out / "results.md").read_text()
+    assert (out / "wer_vs_bits.png").is_file() and "| palettize | by | stacked on | bits |" in (
+        out / "results.md"
+    ).read_text()
     assert not (out / "models").exists() or not any((out / "models").iterdir())
     capsys.readouterr()
     assert cli.main([*args[:-2], "--bits", "9", "--out", str(tmp_path / "bad")]) == 1
     assert "--bits 9 is not one of" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@needs_data
+def test_sweep_stacks_bits_cells_on_structured_removal(trainable, tmp_path, capsys):
+    out = tmp_path / "stacked"
+    args = ["sweep", str(trainable["whisper"]), "--data", str(LIBRISPEECH), "--subset", "test-clean", "--limit", "1"]
+    args += ["--sparsities", "", "--bits", "4", "--bit-sparsities", "0.25", "--bit-recipe", "datafree"]
+    assert cli.main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    rows = {r["cell"]: r for r in json.loads((out / "results.json").read_text())}
+    plain, stacked = rows["palettize-uniform-4b"], rows["palettize-uniform-4b-on-datafree-0.25"]
+    assert plain["stacked_on"] is None and plain["sparsity"] == 0.0
+    assert stacked["stacked_on"] == "datafree" and stacked["sparsity"] == 0.25
+    assert 0.2 < stacked["achieved_sparsity"] <= 0.25 and stacked["bytes_compact"] < plain["bytes_compact"]
+    # both sizes against the dense model's fp16 file (not the smaller folded one's)
+    dense_fp16 = plain["bytes_compact"] / plain["size_ratio"]
+    assert stacked["size_ratio"] == pytest.approx(stacked["bytes_compact"] / dense_fp16, rel=1e-12)
+    assert "| uniform | weight error | datafree 0.25 | 4 |" in (out / "results.md").read_text()
+    assert (out / "wer_vs_size.png").stat().st_size > 10_000 and (out / "wer_vs_bits.png").is_file()
+    capsys.readouterr()
+    assert cli.main([*args[:-6], "--bit-sparsities", "0.25", "--out", str(tmp_path / "bad")]) == 1
+    assert "give --bits too" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @needs_data

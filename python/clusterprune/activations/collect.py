@@ -294,17 +294,21 @@ def collect(
             for spec in specs:  # an FFN's consumer reads its activations, whose moments are recorded above
                 consumer = [p.tensor for p in spec.parts if p.role == "consumer"]
                 feeds[spec.name] = consumer
-            sites = input_sites(model, seq2seq)
-            for site, (module, feeds_site, output) in sites.items():
-                eager = not (seq2seq and site.startswith("model.decoder"))
-                width = int(module.normalized_shape[0]) if output else int(module.in_features)
-                acc = accs[site] = _Accumulator(torch, 0, np.zeros(width), recorder, eager, rows)
-                acc.target = sums[site] = _Sums(torch, width, 0, grams)
-                feeds[site] = feeds_site
-                if output:
-                    hooks.append(module.register_forward_hook(lambda _m, _i, out, acc=acc: acc.add_activations(out)))
+            for name, site in input_sites(model, seq2seq).items():
+                eager = not (seq2seq and name.startswith("model.decoder"))
+                acc = accs[name] = _Accumulator(torch, 0, np.zeros(site.width), recorder, eager, rows)
+                acc.target = sums[name] = _Sums(torch, site.width, 0, grams)
+                feeds[name] = site.tensors
+                if site.output:
+                    hooks.append(
+                        site.module.register_forward_hook(lambda _m, _i, out, acc=acc: acc.add_activations(out))
+                    )
                 else:
-                    hooks.append(module.register_forward_pre_hook(lambda _m, inp, acc=acc: acc.add_activations(inp[0])))
+                    hooks.append(
+                        site.module.register_forward_pre_hook(
+                            lambda _m, inp, acc=acc, rows=site.rows: acc.add_activations(rows(inp[0]))
+                        )
+                    )
         lengths = clip_lengths(config.clips, config.seed)
         exchange = _Exchange(dist, list(sums)) if dist.world > 1 else None
         try:
@@ -400,7 +404,7 @@ def _record_clip(
     device = next(model.parameters()).device
     recorder.active = False  # the text espeak-ng reads is sampled unrecorded
     try:
-        inputs, seconds = _clip_inputs(torch, model, processor, config, index, target)
+        inputs, seconds = clip_inputs(torch, model, processor, config, index, target)
     finally:
         recorder.active = True
     if seq2seq:
@@ -410,7 +414,7 @@ def _record_clip(
     return seconds
 
 
-def _clip_inputs(
+def clip_inputs(
     torch: Any, model: Any, processor: Any, config: SelfGenConfig, index: int, seconds: float
 ) -> tuple[Any, float]:
     """The model's input features of clip ``index`` and the clip's length in seconds: one seed scheme for the audio and,
@@ -435,12 +439,12 @@ def _clip_transcripts(
     torch: Any, model: Any, encoder_out: Any, seconds: float, config: SelfGenConfig, index: int
 ) -> list[list[int]]:
     """The ``decoder_samples`` transcripts the model samples of clip ``index`` (the seed scheme of
-    :func:`_clip_inputs`)."""
+    :func:`clip_inputs`)."""
     seed = (config.seed << 24) + index
     return sample_transcripts(torch, model, encoder_out, config.decoder_samples, _bound(model, seconds), seed)
 
 
-def _prompt(model: Any) -> list[int]:
+def decoder_prompt(model: Any) -> list[int]:
     """The decoder's start: <|startoftranscript|> and the forced tokens (language, task,
     <|notimestamps|>) of the model's generation config."""
     gen = model.generation_config
@@ -465,7 +469,7 @@ def sample_transcripts(torch: Any, model: Any, encoder_out: Any, count: int, bou
     logits_mask[eot + 1 :] = True  # special tokens other than <|endoftext|>
     logits_mask[list(gen.suppress_tokens or [])] = True
     generator = torch.Generator().manual_seed(seed)
-    prompt = _prompt(model)
+    prompt = decoder_prompt(model)
     rows = [list(prompt) for _ in range(count)]
     hidden = encoder_out.last_hidden_state.expand(count, -1, -1)
     tokens = torch.tensor(rows, device=device)

@@ -48,6 +48,17 @@ def register(sub: Any) -> None:
     w.add_argument(
         "--bit-allocations", default="uniform", help="palettize allocations: uniform, variance, error (comma-separated)"
     )
+    w.add_argument(
+        "--bit-sparsities",
+        default="",
+        help="also palettize the model folded after structured removal at these sparsities (comma-separated): "
+        "every --bits cell stacked on --bit-recipe",
+    )
+    w.add_argument(
+        "--bit-recipe",
+        metavar="NAME",
+        help="recipe of that structured step (default datafree-selfgen with --stats, else datafree)",
+    )
     w.add_argument("--granularity", help="palettize granularity (default per-channel)")
     w.add_argument("--group-size", type=int, help="palettize rows per table with per-grouped-channel")
     w.add_argument(
@@ -86,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         bits=[int(b) for b in floats(args.bits, "--bits")],
         bit_allocations=names(args.bit_allocations),
         stats=args.stats,
+        bit_sparsities=floats(args.bit_sparsities, "--bit-sparsities"),
+        bit_recipe=args.bit_recipe,
         palette_options={k: v for k, v in (("granularity", args.granularity), ("group_size", args.group_size)) if v},
     )
     print(Path(args.out, "results.md").read_text())

@@ -105,17 +105,29 @@ def sweep(
     bit_allocations: list[str] | None = None,
     palette_options: dict[str, Any] | None = None,
     stats: str | os.PathLike[str] | None = None,
+    bit_sparsities: list[float] | None = None,
+    bit_recipe: str | None = None,
 ) -> dict[str, Any]:
     """Compresses and evaluates every cell (see the module docstring); returns the summary.
     ``runtime="ct2"``: every model (the dense one too) is exported with export-ct2 and evaluated
     in CTranslate2 with ``compute_type``. ``bits``: also palettize the dense model at each of
     these bits (per ``bit_allocations``, default uniform; ``palette_options``: PaletteConfig fields).
-    ``stats``: the statistics file that cells of recipes with activations selfgen read."""
+    ``stats``: the statistics file that cells of recipes with activations selfgen read.
+    ``bit_sparsities``: every bits cell also palettizes the model folded after ``bit_recipe``
+    (default datafree-selfgen with ``stats``, else datafree) at each of these sparsities."""
     out = Path(out)
     model_dir = resolve_model(model_dir)
     bits = list(bits or [])
     bit_allocations = list(bit_allocations or ["uniform"])
     check_bits(bits, bit_allocations)
+    bit_sparsities = list(bit_sparsities or [])
+    for s in bit_sparsities:
+        check_sparsity(s)
+    if bit_sparsities and not bits:
+        raise InvalidArgumentError("--bit-sparsities stacks the --bits cells on structured removal: give --bits too")
+    stack_recipe = bit_recipe or ("datafree-selfgen" if stats is not None else "datafree")
+    if bit_sparsities and make_recipe(stack_recipe).activations == "selfgen" and stats is None:
+        raise InvalidArgumentError(f"--bit-recipe {stack_recipe} reads statistics: give --stats")
     if bits and runtime != "transformers":
         raise InvalidArgumentError("--bits: palettized models are evaluated in transformers (not --runtime ct2)")
     grid = sweep_grid(methods, allocations) if sparsities or not bits else []
@@ -221,13 +233,18 @@ def sweep(
 
         if load_stats(stats).inputs:  # layer-input moments: every bits cell also by the output error
             by_stats.append(True)
-    for allocation, b, with_stats in ((a, b, s) for a in bit_allocations for b in bits for s in by_stats):
-        cell = cell_key(allocation, b, with_stats)
+    stacks: list[tuple[str, float] | None] = [None, *((stack_recipe, s) for s in bit_sparsities)]
+    step_stats = stats if make_recipe(stack_recipe).activations == "selfgen" else None
+    cells = ((a, b, s, k) for k in stacks for a in bit_allocations for b in bits for s in by_stats)
+    for allocation, b, with_stats, stack in cells:
+        cell = cell_key(allocation, b, with_stats, stack)
         if cell in done:
             continue
         log(f"{cell} ...")
         dst = out / "models" / cell
-        fields = palettize_cell(model_dir, dst, allocation, b, palette_options or {}, stats if with_stats else None)
+        fields = palettize_cell(
+            model_dir, dst, allocation, b, palette_options or {}, stats if with_stats else None, stack, step_stats
+        )
         result = evaluated(dst)
         record(cell, result, **fields)
         log(f"  {cell}: WER {100 * result['wer']:.2f} %, {fields['size_ratio']:.3f} x the fp16 size")

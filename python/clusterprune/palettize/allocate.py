@@ -12,7 +12,9 @@
   per added byte is taken while the budget allows (greedy on the marginal rates; exact for
   convex rho_t). rho_t(b) is
   measured (each tensor palettized at every level up to 6 bits); above, every bit quarters it
-  (the high-rate law of quantization error, 2^-2b).
+  (the high-rate law of quantization error, 2^-2b). By the output error (``--stats``), rho_t is
+  weighted by what the tensor's block writes into the residual stream relative to the stream
+  (:mod:`.stream`): the planner here only sees the weighted values.
 """
 
 from __future__ import annotations

@@ -29,7 +29,8 @@ class PaletteConfig:
     allocation: str = opt(
         "uniform",
         "uniform: --bits everywhere; variance: the paper's variance terciles (+1 / 0 / -1 bit); error: "
-        "the bits that minimise the summed modelled relative output error at --avg-bits",
+        "the bits that minimise the summed modelled relative output error at --avg-bits (with --stats: each "
+        "weighted by what its block writes into the residual stream)",
         ALLOCATIONS,
     )
     min_bits: int = opt(2, "fewest bits the mixed plans give a tensor", BITS)

@@ -30,6 +30,7 @@ from ..progress import Progress
 from .allocate import error_plan, fixed_bits, variance_plan
 from .config import BITS, PaletteConfig, make_config
 from .output_error import Factor, choose_indices, factor, output_error
+from .stream import stream_shares
 from .targets import Target, column_weights, targets
 
 FOLD_DIR = ".folded-source"
@@ -183,24 +184,50 @@ class Moments:
     """The second moments of the chosen tensors' inputs, read one tensor at a time when asked
     for (a large model's, fc2's N x N among them, would not fit in memory together). Only tensors
     whose input has the tensor's width (a folded module's narrower input has none: it is
-    palettized plainly). The token embedding is left out: tied to the output projection it is
-    also the decoder's input table, where what a row's error costs is that row's weight error, so
-    it keeps the plain exact k-means (choosing its indices for the output projection alone
-    measured far worse)."""
+    palettized plainly).
 
-    def __init__(self, chosen: list[Target], stats: ActivationStats | None) -> None:
+    The token embedding tied to the output projection has two roles: the decoder's input table,
+    where a row's error costs its weight error, and the output projection, which reads the final
+    decoder state (H). It is palettized against the sum of both roles' relative errors,
+    |E - Q|^2 / |E|^2 + tr((E - Q) H (E - Q)^T) / tr(E H E^T): the moment H + (B / A) I with
+    A = |E|^2 and B = tr(E H E^T) (:func:`tied_moment`). An embedding whose statistics file has
+    no final decoder state keeps the plain exact k-means."""
+
+    def __init__(self, chosen: list[Target], stats: ActivationStats | None, ckpt: Checkpoint) -> None:
         self.stats = stats
+        self.ckpt = ckpt
         self.names: set[str] = set()
+        self.embeddings: set[str] = set()
         if stats is None:
             return
         widths = {n: i.n for n, i in (stats.infos() | stats.input_infos()).items()}
         for t in chosen:
             site = stats.input_site(t.name)
-            if not t.embedding and site is not None and widths.get(site) == t.cols:
+            if site is not None and widths.get(site) == t.cols:
                 self.names.add(t.name)
+                if t.embedding:
+                    self.embeddings.add(t.name)
 
     def get(self, name: str) -> np.ndarray | None:
-        return self.stats.second_moment(name) if self.stats is not None and name in self.names else None
+        if self.stats is None or name not in self.names:
+            return None
+        h = self.stats.second_moment(name)
+        if h is None or name not in self.embeddings:
+            return h
+        return tied_moment(h, self.ckpt.f32(name).astype(np.float64).reshape(-1, h.shape[0]))
+
+
+def tied_moment(h: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """H + (B / A) I for a tied embedding ``table`` (tokens, width) whose output projection reads
+    inputs of second moment ``h``: (w - q)^T (H + (B / A) I) (w - q) summed over the rows is
+    B times the sum of the two roles' relative errors (:class:`Moments`)."""
+    a = float(np.sum(table * table))
+    b = float(np.sum((table @ h) * table))
+    out = np.array(h, dtype=np.float64)
+    if a > 0 and b > 0:
+        diagonal = np.arange(out.shape[0])
+        out[diagonal, diagonal] += b / a
+    return out
 
 
 def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None, moment: np.ndarray | None = None) -> float:
@@ -219,7 +246,9 @@ def plan_bits(
     num_threads: int | None,
     moments: Moments | None = None,
 ) -> dict[str, int]:
-    """Bits per tensor (the error allocator's scale: each tensor's weighted energy)."""
+    """Bits per tensor. The error allocator's measure: each tensor's relative error (its error over
+    its weighted energy); by the output error (``moments``), weighted by what its block writes
+    into the residual stream relative to the stream (:mod:`.stream`)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
     free = [t for t in chosen if t.name not in fixed]
     levels = [b for b in BITS if config.min_bits <= b <= config.max_bits]
@@ -230,14 +259,16 @@ def plan_bits(
         variances = {t.name: float(np.var(ckpt.f32(t.name).astype(np.float64))) for t in free}
         return variance_plan(free, variances, config.bits, levels[0], levels[-1]) | fixed
     measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
+    shares = stream_shares(ckpt, moments.stats, moments) if moments is not None and moments.stats else {}
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
         moment = moments.get(t.name) if moments is not None else None  # read and factorised once per tensor
         factored = factor(moment) if moment is not None else None
         energy = _energy(ckpt, t, weights.get(t.name), moment)
+        share = shares.get(t.name, 1.0) if moment is not None else 1.0
         for b in measured_levels:
             _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored)
-            measured[(t.name, b)] = err / energy if energy > 0 else 0.0
+            measured[(t.name, b)] = share * err / energy if energy > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
         for b in levels:
@@ -333,6 +364,14 @@ def palettize(
     return report
 
 
+def fp16_bytes(ckpt: Checkpoint) -> int:
+    """Bytes of every tensor of ``ckpt`` at 2 bytes per floating value (its fp16 file)."""
+    return sum(
+        nbytes("F16" if ckpt.info(n).dtype in ("F32", "F64", "BF16") else ckpt.info(n).dtype, ckpt.info(n).shape)
+        for n in ckpt.names()
+    )
+
+
 def _check_source(ckpt: Checkpoint) -> None:
     if PALETTE_KEY in ckpt.config:
         raise InvalidArgumentError(
@@ -361,17 +400,14 @@ def _write(
     for t in chosen:
         group_rows(t, config, ckpt.file_of(t.name))  # a bad group size fails before any work
     weights = column_weights(ckpt, chosen, config)
-    moments = Moments(chosen, stats)
+    moments = Moments(chosen, stats, ckpt)
     bits = plan_bits(ckpt, chosen, config, weights, threads, moments)
     record = read_compression(ckpt)
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
     if stats is not None:
         report.statistics = {**stats.provenance(), "tensors": sorted(moments.names)}
     report.bytes_source = ckpt.total_bytes()
-    report.bytes_fp16 = sum(
-        nbytes("F16" if ckpt.info(n).dtype in ("F32", "F64", "BF16") else ckpt.info(n).dtype, ckpt.info(n).shape)
-        for n in ckpt.names()
-    )
+    report.bytes_fp16 = fp16_bytes(ckpt)
     ckpt.copy_aux_files(tmp, skip=frozenset({PALETTE_PLAN, FOLD_DIR}))
     config_json = dict(ckpt.config)
     config_json[PALETTE_KEY] = {"format": fmt, "version": __version__}

@@ -93,7 +93,7 @@ def test_help_texts_state_the_defaults_and_hide_the_experimental_catalog(capsys)
     ev = " ".join(_help("eval", capsys=capsys).split())
     assert "--task {transcribe,translate} Whisper task (default transcribe" in ev
     sg = _help("selfgen", capsys=capsys)
-    assert "--probe-clips" not in sg and "hf extra" in " ".join(sg.split())
+    assert "--probe-clips" not in sg and "--sensitivity" not in sg and "hf extra" in " ".join(sg.split())
 
 
 def test_experimental_recipes_still_run_by_name(checkpoints, tmp_path, capsys):

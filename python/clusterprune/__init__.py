@@ -74,15 +74,18 @@ def selfgen(
     overwrite: bool = False,
     device: str = "cpu",
     layer_inputs: bool = False,
+    sensitivity: bool = False,
 ) -> ActivationStats | None:
     """Activation statistics of the dense model on self-generated inputs, written to ``out``
     (needs torch + transformers; see ``clusterprune selfgen --help``); an existing ``out`` is
     replaced only with ``overwrite`` (checked before the work). ``audio``: ``"synth"`` (the
     source-filter synthesiser) or ``"espeak"`` (the model's own transcripts read by espeak-ng).
     ``device``: where the model runs. ``layer_inputs``: also the second moments of every linear
-    layer's input (what ``palettize --stats`` reads). Under torchrun the clips are shared out over the processes
-    and process 0 writes ``out`` (the same file for any number of processes) and gets the
-    statistics; the other processes get None."""
+    layer's input (what ``palettize --stats`` reads). ``sensitivity`` (experimental: it lost to
+    uniform bits): also the diagonal of the output Fisher of every linear layer and convolution
+    (what ``palettize --avg-bits --stats`` then spends bits by; a backward pass per clip). Under
+    torchrun the clips are shared out over the processes and process 0 writes ``out`` (the same
+    file for any number of processes) and gets the statistics; the other processes get None."""
     from .io.output import check_file_destination
 
     check_file_destination(out, sources=[model_dir], what="the statistics file", overwrite=overwrite)
@@ -91,7 +94,7 @@ def selfgen(
     scratch = Path(out).resolve().parent
     while not scratch.is_dir():  # the Gram sums' scratch file goes beside the output: the nearest existing folder
         scratch = scratch.parent
-    config = SelfGenConfig(clips, seed, decoder_samples, audio, layer_inputs)
+    config = SelfGenConfig(clips, seed, decoder_samples, audio, layer_inputs, sensitivity)
     stats = collect(model_dir, config, progress=progress, device=device, scratch=scratch)
     if stats is not None:
         stats.save(out)

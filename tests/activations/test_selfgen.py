@@ -155,21 +155,24 @@ def test_collected_statistics_are_consistent_and_deterministic(trainable, selfge
 
 def test_selfgen_shares_clips_over_processes_and_writes_the_same_file(trainable, selfgen_stats, tmp_path):
     """torchrun with 2 processes (gloo, one thread each), 3 clips (the last round has one): the
-    file is byte-identical to one process's; with 2 clips too (the shared fixture's file)."""
+    file is byte-identical to one process's, also with the layer inputs and the output Fisher
+    (whose sums are exchanged like a module's); with 2 clips too (the shared fixture's file)."""
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for clips, reference in (("2", selfgen_stats), ("3", None)):
-        out = tmp_path / f"two-{clips}.safetensors"
-        cmd = ["-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out)]
+    extra = ["--layer-inputs", "--sensitivity"]
+    for clips, options, reference in (("2", [], selfgen_stats), ("3", [], None), ("3", extra, None)):
+        out = tmp_path / f"two-{clips}-{len(options)}.safetensors"
+        cmd = ["-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(out), *options]
         run = subprocess.run(
             [*launcher, *cmd, "--clips", clips, "--decoder-samples", "2"], env=env, capture_output=True
         )
         assert run.returncode == 0, run.stderr.decode()[-2000:]
         if reference is None:
-            reference = tmp_path / "one-3.safetensors"
+            reference = tmp_path / f"one-{clips}-{len(options)}.safetensors"
             one = [sys.executable, "-m", "clusterprune.cli", "selfgen", str(trainable["whisper"]), str(reference)]
-            assert subprocess.run([*one, "--clips", "3", "--decoder-samples", "2"], env=env).returncode == 0
-        assert out.read_bytes() == reference.read_bytes(), clips
+            assert subprocess.run([*one, *options, "--clips", clips, "--decoder-samples", "2"], env=env).returncode == 0
+        assert out.read_bytes() == reference.read_bytes(), (clips, options)
+    assert load_stats(out).sensitivity_count == 6  # 3 clips, 2 transcripts each
 
 
 def test_an_unavailable_device_is_one_line(trainable, tmp_path, capsys):

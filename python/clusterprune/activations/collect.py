@@ -41,12 +41,14 @@ from ..recipes.context import module_context, module_parts
 from ..recipes.gaussian import ffn_activation_mean
 from ..speech import SAMPLE_RATE
 from .scratch import ScratchFile
+from .sensitivity import Sensitivity, sampling_mask
 from .sites import input_sites
 from .synth import RATE, clip_lengths, synthesize
 
 DECODER_SAMPLES = 8  # sampled transcripts per clip (decoder positions are few per clip)
 TEXT_OFFSET = 1 << 23  # seeds of the transcripts espeak-ng reads: disjoint from those sampled of a clip
 AUDIO_SOURCES = ("synth", "espeak")
+SENSITIVITY = "sensitivity"  # the sensitivity sums' name among the sums sent between processes
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,13 @@ class SelfGenConfig:
     audio: str = field(default="synth", metadata={"help": "synth (source-filter synthesiser) or espeak (espeak-ng)"})
     layer_inputs: bool = field(
         default=False, metadata={"help": "also the second moments of every linear layer's input (palettize --stats)"}
+    )
+    sensitivity: bool = field(
+        default=False,
+        metadata={
+            "help": "also each layer output's Fisher diagonal (palettize --avg-bits --stats; a backward pass per clip)",
+            "experimental": True,  # the docs' catalog: it lost to uniform bits
+        },
     )
 
 
@@ -249,6 +258,8 @@ def collect(
         settings["espeak"] = version()
     if config.layer_inputs:
         settings["layer_inputs"] = True
+    if config.sensitivity:
+        settings["sensitivity"] = True
     path = Path(model_dir)
     torch_device(device)  # an unknown or unavailable device fails before any work
     with Checkpoint(path) as ckpt:
@@ -260,6 +271,7 @@ def collect(
         specs = [s for s in unit_map(ckpt.config, set(ckpt.where)).modules if s.kind == "ffn"]
         shifts = {s.name: _shift(ckpt, s) for s in specs}
         digest = model_digest(path)
+        tensors = set(ckpt.where)
     model, processor, _ = load_model(path)
     torch.set_num_threads(1)
     dist, target = init_distributed(device)
@@ -309,27 +321,33 @@ def collect(
                             lambda _m, inp, acc=acc, rows=site.rows: acc.add_activations(rows(inp[0]))
                         )
                     )
+        sens = Sensitivity(torch, model, tensors) if config.sensitivity else None
+        sent: dict[str, Any] = {**sums, SENSITIVITY: sens} if sens is not None else dict(sums)
         lengths = clip_lengths(config.clips, config.seed)
-        exchange = _Exchange(dist, list(sums)) if dist.world > 1 else None
+        exchange = _Exchange(dist, list(sent)) if dist.world > 1 else None
         try:
             bar = Progress(len(lengths), "self-generated clips", progress if dist.main else False)
             with torch.no_grad():
                 for first in range(0, len(lengths), dist.world):
                     i = first + dist.rank
                     if i < len(lengths):
-                        seconds = _record_clip(torch, model, processor, config, recorder, seq2seq, i, lengths[i])
+                        seconds = _record_clip(torch, model, processor, config, recorder, seq2seq, i, lengths[i], sens)
                         for acc in accs.values():
                             acc.finish_clip()
+                        if sens is not None:
+                            sens.finish_clip()
                         rows.clear()
                         release_freed_memory()
                     done = min(dist.world, len(lengths) - first)
                     if exchange is not None:
-                        exchange.gather(sums, done)
+                        exchange.gather(sent, done)
                     for _ in range(done):
                         bar.update(f"clip {first + done}/{len(lengths)}" if exchange else f"{seconds:.1f} s")
         finally:
             for h in hooks:
                 h.remove()
+            if sens is not None:
+                sens.remove()
             rows.close()
     finally:
         shutdown(dist)
@@ -339,8 +357,16 @@ def collect(
     modules = LazyModules(infos, lambda name: sums[name].result(shifts[name]))  # one module's N x N at a time
     inputs = {name: t.info() for name, t in sums.items() if name not in shifts}
     read_input = LazyModules(inputs, lambda name: sums[name].result(np.zeros(sums[name].n)))
+    fisher, sequences = sens.result() if sens is not None else ({}, 0)
     return ActivationStats(
-        modules=modules, source=str(path), digest=digest, settings=settings, inputs=read_input, feeds=feeds
+        modules=modules,
+        source=str(path),
+        digest=digest,
+        settings=settings,
+        inputs=read_input,
+        feeds=feeds,
+        sensitivity=fisher,
+        sensitivity_count=sequences,
     )
 
 
@@ -364,7 +390,7 @@ class _Exchange:
         self.dist, self.names, self.tdist, self.torch = dist, names, tdist, torch
         self.group = tdist.new_group(backend="gloo")
 
-    def gather(self, sums: dict[str, _Sums], done: int) -> None:
+    def gather(self, sums: dict[str, Any], done: int) -> None:
         """``done`` clips ran in this round, clip first + k on process k (whose sums hold that
         clip only: they are zeroed once sent)."""
         for k in range(1, done):
@@ -399,8 +425,10 @@ def _record_clip(
     seq2seq: bool,
     index: int,
     target: float,
+    sens: Sensitivity | None = None,
 ) -> float:
-    """Runs clip ``index`` through the model with the hooks recording; its length in seconds."""
+    """Runs clip ``index`` through the model with the hooks recording (and ``sens``'s backward
+    pass, unrecorded); its length in seconds."""
     device = next(model.parameters()).device
     recorder.active = False  # the text espeak-ng reads is sampled unrecorded
     try:
@@ -408,9 +436,16 @@ def _record_clip(
     finally:
         recorder.active = True
     if seq2seq:
-        _forward_seq2seq(torch, model, recorder, inputs.input_features.to(device), seconds, config, index)
+        _forward_seq2seq(torch, model, recorder, inputs.input_features.to(device), seconds, config, index, sens)
     else:
-        model(inputs.input_values.to(device))
+        values = inputs.input_values.to(device)
+        model(values)
+        if sens is not None:
+            recorder.active = False
+            try:
+                sens.ctc(model, values, (config.seed << 24) + index)
+            finally:
+                recorder.active = True
     return seconds
 
 
@@ -465,9 +500,7 @@ def sample_transcripts(torch: Any, model: Any, encoder_out: Any, count: int, bou
     gen = model.generation_config
     eot = int(gen.eos_token_id)
     device = encoder_out.last_hidden_state.device
-    logits_mask = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    logits_mask[eot + 1 :] = True  # special tokens other than <|endoftext|>
-    logits_mask[list(gen.suppress_tokens or [])] = True
+    logits_mask = sampling_mask(torch, model, device)
     generator = torch.Generator().manual_seed(seed)
     prompt = decoder_prompt(model)
     rows = [list(prompt) for _ in range(count)]
@@ -518,10 +551,18 @@ def _shared_cross_cache(torch: Any, model: Any, hidden: Any, count: int) -> Any:
 
 
 def _forward_seq2seq(
-    torch: Any, model: Any, recorder: _Recorder, feats: Any, seconds: float, config: SelfGenConfig, clip: int
+    torch: Any,
+    model: Any,
+    recorder: _Recorder,
+    feats: Any,
+    seconds: float,
+    config: SelfGenConfig,
+    clip: int,
+    sens: Sensitivity | None = None,
 ) -> None:
     """The encoder's frames recorded once; the model samples ``decoder_samples`` transcripts of the
-    clip (not recorded), then each is teacher-forced through the decoder (recorded)."""
+    clip (not recorded), then each is teacher-forced through the decoder (recorded); with ``sens``,
+    the transcripts' log-likelihood differentiated (not recorded)."""
     encoder_out = model.get_encoder()(feats)
     recorder.active = False
     try:
@@ -532,6 +573,12 @@ def _forward_seq2seq(
     for row in rows:
         ids = torch.tensor([row], device=feats.device)
         decoder(input_ids=ids, encoder_hidden_states=encoder_out.last_hidden_state, use_cache=False)
+    if sens is not None:
+        recorder.active = False
+        try:
+            sens.seq2seq(model, feats, rows, len(decoder_prompt(model)))
+        finally:
+            recorder.active = True
 
 
 def _bound(model: Any, seconds: float) -> int:

@@ -42,6 +42,13 @@ def register(sub: Any) -> None:
         help="also record the second moments of every linear layer's input, for `palettize --stats` "
         "(a larger file: about d^2 / 2 float32 per attention and FFN input)",
     )
+    c.add_argument(
+        "--sensitivity",
+        action="store_true",
+        # experimental (the docs' catalog): also each linear layer's and convolution's output Fisher
+        # diagonal, by which `palettize --avg-bits --stats` then spends bits; it lost to uniform bits
+        help=argparse.SUPPRESS,
+    )
     c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     c.add_argument("--quiet", action="store_true", help="no progress and nothing printed on success")
     c.add_argument(
@@ -66,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         layer_inputs=args.layer_inputs,
+        sensitivity=args.sensitivity,
     )
     if args.quiet or stats is None:  # under torchrun, process 0 writes and reports
         return 0

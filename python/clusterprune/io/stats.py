@@ -6,7 +6,10 @@ One safetensors file (format version 3): per module ``{name}.mean`` (N,) float64
 holds cov[i, i:]); in the metadata the sample counts, the residual-stream variances, the source
 model's digest, the settings that made it and a content digest of the whole file (checked on
 reading: any damaged byte is refused). Version 2 files (the same without the content digest) and
-version 1 files (``{name}.cov``, (N, N) float64) still read.
+version 1 files (``{name}.cov``, (N, N) float64) still read. Optional: the same two arrays per
+layer input (``selfgen --layer-inputs``) and ``{W}.sensitivity`` (rows,) float64 per weight
+tensor W, the output Fisher's diagonal (``selfgen --sensitivity``; small, read and checked when
+the file is opened).
 
 :func:`load_stats` checks the header and every module's record at once and reads a module's
 arrays only when they are asked for (checked then: shape, dtype, finiteness, variances >= 0 and
@@ -34,6 +37,8 @@ STATS_KEY = "clusterprune_activation_stats"
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 DIGEST_VERSION = 3  # from this version on the file carries a content digest, checked on reading
+SENSITIVITY_KEY = "sensitivity"  # the metadata's record of the output Fisher diagonals (optional)
+SENSITIVITY_SUFFIX = ".sensitivity"
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,10 @@ class ActivationStats:
     # and {site or FFN module: the weight tensors that read it}; E[x x^T] is cov + mean mean^T
     inputs: Mapping[str, ModuleStats] = field(default_factory=dict)
     feeds: dict[str, list[str]] = field(default_factory=dict)
+    # selfgen --sensitivity: {weight tensor: the output Fisher's diagonal per output channel}, and
+    # the sequences it is the mean over
+    sensitivity: dict[str, np.ndarray] = field(default_factory=dict)
+    sensitivity_count: int = 0
 
     def provenance(self) -> dict[str, Any]:
         """What the output's record keeps of the statistics: where from, which weights, how made."""
@@ -162,6 +171,9 @@ class ActivationStats:
         if inputs:
             meta["inputs"] = {n: {"count": i.count} for n, i in inputs.items()}
             meta["feeds"] = {n: sorted(t) for n, t in self.feeds.items()}
+        if self.sensitivity:
+            meta[SENSITIVITY_KEY] = {"count": self.sensitivity_count, "tensors": sorted(self.sensitivity)}
+            entries += [(f"{t}{SENSITIVITY_SUFFIX}", "F64", (v.shape[0],)) for t, v in sorted(self.sensitivity.items())]
         with atomic_file(path, what="the statistics file") as tmp:
             writer = SafetensorsWriter(tmp, entries, {STATS_KEY: dumps(meta, STATS_KEY, sort_keys=True)}, digest=True)
             try:
@@ -169,6 +181,8 @@ class ActivationStats:
                     m = self.modules[name] if name in infos else self.inputs[name]
                     writer.write(f"{name}.mean", np.asarray(m.mean, dtype=np.float64))
                     writer.write(f"{name}.cov_upper", upper_triangle(m.cov))
+                for t, v in sorted(self.sensitivity.items()):
+                    writer.write(f"{t}{SENSITIVITY_SUFFIX}", np.asarray(v, dtype=np.float64))
             except BaseException:
                 writer.abort()
                 raise
@@ -282,6 +296,7 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
                     f"{path}: {name}: mean {mean_shape} and covariance {cov_shape} do not match"
                 )
             infos[name] = ModuleInfo(n, count, stream)
+        sensitivity, sequences = _sensitivity(path, f, meta.get(SENSITIVITY_KEY) if version >= DIGEST_VERSION else None)
     except BaseException:
         f.close()
         raise
@@ -309,4 +324,34 @@ def load_stats(path: str | os.PathLike[str]) -> ActivationStats:
         str(path),
         LazyModules({n: i for n, i in infos.items() if n in inputs}, load),
         feeds,
+        sensitivity,
+        sequences,
     )
+
+
+def _sensitivity(path: Path, f: SafetensorsFile, record: Any) -> tuple[dict[str, np.ndarray], int]:
+    """The output Fisher diagonals the metadata promises, read and checked (small: one value per
+    output channel): present, float64, one axis, finite and >= 0."""
+    if record is None:
+        return {}, 0
+    count = record.get("count") if isinstance(record, dict) else None
+    tensors = record.get("tensors") if isinstance(record, dict) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise CorruptCheckpointError(f"{path}: {SENSITIVITY_KEY} count {count!r} is not a positive integer")
+    if not isinstance(tensors, list) or not all(isinstance(t, str) for t in tensors):
+        raise CorruptCheckpointError(f"{path}: {SENSITIVITY_KEY} 'tensors' is not a list of tensor names")
+    out: dict[str, np.ndarray] = {}
+    for name in tensors:
+        stored = f"{name}{SENSITIVITY_SUFFIX}"
+        if stored not in f.tensors:
+            raise CorruptCheckpointError(f"{path}: tensor {stored} is missing")
+        info = f.tensors[stored]
+        if info.dtype != "F64" or len(info.shape) != 1 or info.shape[0] < 1:
+            raise CorruptCheckpointError(
+                f"{path}: tensor {stored} is {info.dtype} {list(info.shape)}, expected F64 with one axis"
+            )
+        values = np.array(f.raw(stored), dtype=np.float64)
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise CorruptCheckpointError(f"{path}: tensor {stored} holds a negative, NaN or infinite value")
+        out[name] = values
+    return out, count

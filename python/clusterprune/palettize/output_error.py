@@ -112,7 +112,12 @@ def _choose_in_order(w: np.ndarray, tables: np.ndarray, u: np.ndarray) -> np.nda
     return out
 
 
-def output_error(weights: np.ndarray, dequantized: np.ndarray, moment: np.ndarray) -> float:
-    """sum over rows of (w - q)^T H (w - q): the modelled output error."""
+def output_error(
+    weights: np.ndarray, dequantized: np.ndarray, moment: np.ndarray, row_weights: np.ndarray | None = None
+) -> float:
+    """sum over rows of (w - q)^T H (w - q): the modelled output error; with ``row_weights``, each
+    row's term weighted (the output Fisher's diagonal: the modelled loss, twice)."""
     diff = np.asarray(weights, dtype=np.float64) - np.asarray(dequantized, dtype=np.float64)
-    return float(np.sum((diff @ moment) * diff))
+    if row_weights is None:
+        return float(np.sum((diff @ moment) * diff))
+    return float(np.asarray(row_weights, dtype=np.float64) @ np.sum((diff @ moment) * diff, axis=1))

@@ -136,11 +136,13 @@ def palettize_tensor(
     num_threads: int | None,
     moment: np.ndarray | None = None,
     factored: Factor | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> tuple[Palettized, float]:
     """One tensor palettized: (the result, weighted squared error). With ``moment`` = H, the
     second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by what
     each column's error costs the output, indices chosen against the output error, and that
-    error returned; ``factored``: ``factor(moment)`` when the caller already has it."""
+    error returned (each row's weighted by ``row_weights`` when given); ``factored``:
+    ``factor(moment)`` when the caller already has it."""
     info = ckpt.info(t.name)
     values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
     lut_dtype = lut_dtype_of(info.dtype, config)
@@ -176,7 +178,7 @@ def palettize_tensor(
     p = Palettized(t.shape, info.dtype, bits, g, r.luts, lut_dtype, indices, r.scales, positions, raw[positions].copy())
     if moment is not None:
         dequantized = to_f32(p.dequantize(), info.dtype).reshape(t.rows, t.cols)
-        return p, output_error(values, dequantized, moment)
+        return p, output_error(values, dequantized, moment, row_weights)
     return p, float(np.sum(r.wsse))
 
 
@@ -207,6 +209,12 @@ class Moments:
                 self.names.add(t.name)
                 if t.embedding:
                     self.embeddings.add(t.name)
+
+    def fisher(self, t: Target) -> np.ndarray | None:
+        """The output Fisher's diagonal of tensor ``t`` (one value per row), where the file has
+        it for a tensor of these rows whose input moment it also has; else None."""
+        g = self.stats.sensitivity.get(t.name) if self.stats is not None and t.name in self.names else None
+        return g if g is not None and g.shape == (t.rows,) else None
 
     def get(self, name: str) -> np.ndarray | None:
         if self.stats is None or name not in self.names:
@@ -248,8 +256,15 @@ def plan_bits(
 ) -> dict[str, int]:
     """Bits per tensor. The error allocator's measure: each tensor's relative error (its error over
     its weighted energy); by the output error (``moments``), weighted by what its block writes
-    into the residual stream relative to the stream (:mod:`.stream`)."""
+    into the residual stream relative to the stream (:mod:`.stream`); where the statistics hold
+    the output Fisher (``selfgen --sensitivity``), the modelled loss instead,
+    1/2 sum_r G_r (w_r - q_r)^T H (w_r - q_r), one unit for every tensor (a tensor the
+    statistics do not cover keeps --bits)."""
     fixed = {t.name: b for t in chosen if (b := fixed_bits(t, config)) is not None}
+    by_loss = moments is not None and moments.stats is not None and bool(moments.stats.sensitivity)
+    if by_loss and config.allocation == "error":
+        assert moments is not None
+        fixed |= {t.name: config.bits for t in chosen if t.name not in fixed and moments.fisher(t) is None}
     free = [t for t in chosen if t.name not in fixed]
     levels = [b for b in BITS if config.min_bits <= b <= config.max_bits]
     measured: dict[tuple[str, int], float] = {}
@@ -259,15 +274,18 @@ def plan_bits(
         variances = {t.name: float(np.var(ckpt.f32(t.name).astype(np.float64))) for t in free}
         return variance_plan(free, variances, config.bits, levels[0], levels[-1]) | fixed
     measured_levels = [b for b in levels if b <= MEASURED_UP_TO] or levels[:1]
-    shares = stream_shares(ckpt, moments.stats, moments) if moments is not None and moments.stats else {}
+    shares = (
+        stream_shares(ckpt, moments.stats, moments) if moments is not None and moments.stats and not by_loss else {}
+    )
     bar = Progress(len(free) * len(measured_levels), "plan bits", None)
     for t in free:
         moment = moments.get(t.name) if moments is not None else None  # read and factorised once per tensor
         factored = factor(moment) if moment is not None else None
-        energy = _energy(ckpt, t, weights.get(t.name), moment)
+        g = moments.fisher(t) if by_loss and moments is not None else None
+        energy = 2.0 if g is not None else _energy(ckpt, t, weights.get(t.name), moment)  # the loss: 1/2 sum
         share = shares.get(t.name, 1.0) if moment is not None else 1.0
         for b in measured_levels:
-            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored)
+            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored, g)
             measured[(t.name, b)] = share * err / energy if energy > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
@@ -406,6 +424,10 @@ def _write(
     report = PaletteReport(config, fmt, "", source_compression=record.raw if record else None)
     if stats is not None:
         report.statistics = {**stats.provenance(), "tensors": sorted(moments.names)}
+        if stats.sensitivity and config.allocation == "error":  # the bits spent by the modelled loss
+            report.statistics["loss_allocated"] = sorted(
+                t.name for t in chosen if moments.fisher(t) is not None and fixed_bits(t, config) is None
+            )
     report.bytes_source = ckpt.total_bytes()
     report.bytes_fp16 = fp16_bytes(ckpt)
     ckpt.copy_aux_files(tmp, skip=frozenset({PALETTE_PLAN, FOLD_DIR}))

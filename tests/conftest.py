@@ -174,6 +174,17 @@ def trainable(tiny_en, tmp_path_factory) -> dict[str, Path]:
     return {"whisper": whisper, "hubert": hubert}
 
 
+def small_selfgen(model: Path, folder: Path, *flags: str) -> Path:
+    """``clusterprune selfgen`` of ``model`` (2 clips, 2 sampled transcripts each) with ``flags``,
+    in process, into ``folder``; the statistics file."""
+    from clusterprune import cli
+
+    out = folder / "stats.safetensors"
+    args = ["selfgen", str(model), str(out), "--clips", "2", "--decoder-samples", "2", *flags, "--quiet"]
+    assert cli.main(args) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def selfgen_stats(trainable, tmp_path_factory) -> Path:
     """Statistics of the small random Whisper (tiny.en's processor and generation config), shared by

@@ -10,19 +10,14 @@ import pytest
 from clusterprune.errors import CorruptCheckpointError
 from clusterprune.io.checkpoint import Checkpoint
 from clusterprune.io.stats import ActivationStats, load_stats
-from conftest import needs_package
+from conftest import needs_package, small_selfgen
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def fisher_stats(trainable, tmp_path_factory):
-    from clusterprune import cli
-
-    out = tmp_path_factory.mktemp("fisher") / "f.stats.safetensors"
-    args = ["selfgen", trainable["whisper"], out, "--clips", "2", "--decoder-samples", "2", "--sensitivity", "--quiet"]
-    assert cli.main([str(a) for a in args]) == 0
-    return out
+    return small_selfgen(trainable["whisper"], tmp_path_factory.mktemp("fisher"), "--sensitivity")
 
 
 def _layers(model):

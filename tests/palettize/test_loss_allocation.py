@@ -16,18 +16,13 @@ from clusterprune.io.stats import load_stats
 from clusterprune.palettize import pipeline
 from clusterprune.palettize.config import make_config
 from clusterprune.palettize.targets import targets
-from conftest import needs_package
+from conftest import needs_package, small_selfgen
 from hostile import run
 
 
 @pytest.fixture(scope="module")
 def loss_stats(trainable, tmp_path_factory):
-    from clusterprune import cli
-
-    out = tmp_path_factory.mktemp("loss") / "l.stats.safetensors"
-    args = ["selfgen", trainable["whisper"], out, "--clips", "2", "--decoder-samples", "2"]
-    assert cli.main([str(a) for a in [*args, "--layer-inputs", "--sensitivity", "--quiet"]]) == 0
-    return out
+    return small_selfgen(trainable["whisper"], tmp_path_factory.mktemp("loss"), "--layer-inputs", "--sensitivity")
 
 
 def planned(monkeypatch, ckpt, stats, config):

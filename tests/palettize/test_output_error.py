@@ -19,7 +19,7 @@ from clusterprune.io.stats import load_stats
 from clusterprune.palettize import output_error
 from clusterprune.palettize.output_error import choose_indices, damped, factor, nearest
 from clusterprune.palettize.pipeline import tied_moment
-from conftest import LIBRISPEECH, REPO, needs_data, needs_package
+from conftest import LIBRISPEECH, REPO, needs_data, needs_package, small_selfgen
 from hostile import one_line_error, run
 
 
@@ -113,12 +113,7 @@ def test_dead_inputs_are_damped_to_a_factorisable_moment():
 
 @pytest.fixture(scope="module")
 def input_stats(trainable, tmp_path_factory):
-    out = tmp_path_factory.mktemp("li") / "li.stats.safetensors"
-    args = ["selfgen", trainable["whisper"], out, "--clips", "2", "--decoder-samples", "2", "--layer-inputs", "--quiet"]
-    from clusterprune import cli
-
-    assert cli.main([str(a) for a in args]) == 0
-    return out
+    return small_selfgen(trainable["whisper"], tmp_path_factory.mktemp("li"), "--layer-inputs")
 
 
 @needs_package

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +74,15 @@ class _Recorder:
     """Whether the hooks record (off while the model samples its own transcripts)."""
 
     active = True
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The hooks record nothing inside the block."""
+        self.active = False
+        try:
+            yield
+        finally:
+            self.active = True
 
 
 BLOCK = 512  # rows per block of the Gram's block upper triangle
@@ -430,22 +440,16 @@ def _record_clip(
     """Runs clip ``index`` through the model with the hooks recording (and ``sens``'s backward
     pass, unrecorded); its length in seconds."""
     device = next(model.parameters()).device
-    recorder.active = False  # the text espeak-ng reads is sampled unrecorded
-    try:
+    with recorder.paused():  # the text espeak-ng reads is sampled unrecorded
         inputs, seconds = clip_inputs(torch, model, processor, config, index, target)
-    finally:
-        recorder.active = True
     if seq2seq:
         _forward_seq2seq(torch, model, recorder, inputs.input_features.to(device), seconds, config, index, sens)
     else:
         values = inputs.input_values.to(device)
         model(values)
         if sens is not None:
-            recorder.active = False
-            try:
+            with recorder.paused():
                 sens.ctc(model, values, (config.seed << 24) + index)
-            finally:
-                recorder.active = True
     return seconds
 
 
@@ -564,21 +568,15 @@ def _forward_seq2seq(
     clip (not recorded), then each is teacher-forced through the decoder (recorded); with ``sens``,
     the transcripts' log-likelihood differentiated (not recorded)."""
     encoder_out = model.get_encoder()(feats)
-    recorder.active = False
-    try:
+    with recorder.paused():
         rows = _clip_transcripts(torch, model, encoder_out, seconds, config, clip)
-    finally:
-        recorder.active = True
     decoder = model.get_decoder()  # the decoder alone: its FFNs are what is recorded, the logits are not needed
     for row in rows:
         ids = torch.tensor([row], device=feats.device)
         decoder(input_ids=ids, encoder_hidden_states=encoder_out.last_hidden_state, use_cache=False)
     if sens is not None:
-        recorder.active = False
-        try:
+        with recorder.paused():
             sens.seq2seq(model, feats, rows, len(decoder_prompt(model)))
-        finally:
-            recorder.active = True
 
 
 def _bound(model: Any, seconds: float) -> int:

@@ -19,6 +19,8 @@ gradient: only the layers' outputs are asked for theirs.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -106,6 +108,16 @@ class Sensitivity:
         count = int(self.count.item())
         return {t: v.numpy() / max(count, 1) for t, v in self.sums.items()}, count
 
+    @contextmanager
+    def _watching(self) -> Iterator[None]:
+        """Gradients on, and the hooks watching the layers' outputs, inside the block."""
+        self.active = True
+        try:
+            with self.torch.enable_grad():
+                yield
+        finally:
+            self.active = False
+
     def seq2seq(self, model: Any, feats: Any, rows: list[list[int]], prompt: int) -> None:
         """One clip of a Whisper model: the encoder run once, each sampled transcript (prompt
         tokens first) teacher-forced; the summed log-likelihood of the sampled tokens, under the
@@ -113,36 +125,28 @@ class Sensitivity:
         torch = self.torch
         mask = sampling_mask(torch, model, feats.device)
         first = list(model.generation_config.begin_suppress_tokens or [])
-        self.active = True
-        try:
-            with torch.enable_grad():
-                hidden = model.get_encoder()(feats.detach().clone().requires_grad_(True)).last_hidden_state
-                total = hidden.new_zeros((), dtype=torch.float64)
-                for row in rows:
-                    ids = torch.tensor([row], device=feats.device)
-                    logits = model(encoder_outputs=(hidden,), decoder_input_ids=ids[:, :-1]).logits[0]
-                    logits = logits[prompt - 1 :].double().masked_fill(mask, float("-inf"))
-                    logits[0, first] = float("-inf")  # the first sampled token never is one of these
-                    targets = ids[0, prompt:]
-                    log_p = torch.log_softmax(logits, dim=-1)
-                    total = total + log_p[torch.arange(targets.shape[0]), targets].sum()
-                    self.clip_count += 1
-                total.backward()
-        finally:
-            self.active = False
+        with self._watching():
+            hidden = model.get_encoder()(feats.detach().clone().requires_grad_(True)).last_hidden_state
+            total = hidden.new_zeros((), dtype=torch.float64)
+            for row in rows:
+                ids = torch.tensor([row], device=feats.device)
+                logits = model(encoder_outputs=(hidden,), decoder_input_ids=ids[:, :-1]).logits[0]
+                logits = logits[prompt - 1 :].double().masked_fill(mask, float("-inf"))
+                logits[0, first] = float("-inf")  # the first sampled token never is one of these
+                targets = ids[0, prompt:]
+                log_p = torch.log_softmax(logits, dim=-1)
+                total = total + log_p[torch.arange(targets.shape[0]), targets].sum()
+                self.clip_count += 1
+            total.backward()
 
     def ctc(self, model: Any, values: Any, seed: int) -> None:
         """One clip of a CTC model: a label per frame drawn from the frame's distribution (a
         seeded CPU generator), its log-likelihood differentiated."""
         torch = self.torch
-        self.active = True
-        try:
-            with torch.enable_grad():
-                logits = model(values.detach().clone().requires_grad_(True)).logits[0].double()
-                log_p = torch.log_softmax(logits, dim=-1)
-                generator = torch.Generator().manual_seed(seed)
-                labels = torch.multinomial(log_p.detach().exp().cpu(), 1, generator=generator)[:, 0]
-                log_p[torch.arange(labels.shape[0]), labels.to(log_p.device)].sum().backward()
-                self.clip_count += 1
-        finally:
-            self.active = False
+        with self._watching():
+            logits = model(values.detach().clone().requires_grad_(True)).logits[0].double()
+            log_p = torch.log_softmax(logits, dim=-1)
+            generator = torch.Generator().manual_seed(seed)
+            labels = torch.multinomial(log_p.detach().exp().cpu(), 1, generator=generator)[:, 0]
+            log_p[torch.arange(labels.shape[0]), labels.to(log_p.device)].sum().backward()
+            self.clip_count += 1

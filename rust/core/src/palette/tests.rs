@@ -348,6 +348,8 @@ fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
             pre: &pre,
             prev: &prev,
             below: &below,
+            from_prev: 0,
+            outside: false,
             cur: vec![0.0; m + 1],
             opt: vec![0; m + 1],
         };
@@ -365,6 +367,156 @@ fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// Sorted distinct values of one kind of awkward row, with weights (all 1 for some kinds).
+fn awkward_points(kind: u64, n: usize, rng: &mut SplitMix64) -> Points {
+    let mut pairs: Vec<(f64, f64)> = (0..n)
+        .map(|_| {
+            let u = rng.next_f64();
+            let g = (-2.0 * (rng.next_f64() + 1e-300).ln()).sqrt()
+                * (std::f64::consts::TAU * rng.next_f64()).cos();
+            let v = match kind % 5 {
+                0 => g,                                        // Gaussian weights
+                1 => g * g * g,                                // heavy tails
+                2 => (u * 12.0).floor(),                       // few distinct values
+                3 => f64::from(half::f16::from_f64(g * 0.02)), // fp16 codes, duplicates
+                _ => {
+                    if u < 0.5 {
+                        g - 4.0
+                    } else {
+                        3.0 * g + 4.0
+                    }
+                } // two modes
+            };
+            (
+                v,
+                if kind.is_multiple_of(2) {
+                    1.0
+                } else {
+                    rng.next_f64() * 3.0 + 0.01
+                },
+            )
+        })
+        .collect();
+    pairs.push((0.0, 1.0));
+    distinct(pairs)
+}
+
+#[test]
+fn the_reachable_states_give_the_splits_of_the_whole_programme() {
+    let mut rng = SplitMix64::new(0x5eed_da7a);
+    let mut fallbacks = 0;
+    for case in 0..600u64 {
+        let n = [2, 5, 17, 64, 300, 1280][(case % 6) as usize] + (rng.next_u64() % 40) as usize;
+        let p = awkward_points(case, n, &mut rng);
+        let pre = Prefix::new(&p);
+        let m = p.x.len();
+        for k in [1, 2, 3, 4, 8, 16, 64] {
+            if k > m {
+                continue;
+            }
+            let all = dynamic_programme(&pre, m, k, false).unwrap();
+            match dynamic_programme(&pre, m, k, true) {
+                Some(reachable) => assert_eq!(reachable, all, "case {case} n {m} k {k}"),
+                None => fallbacks += 1,
+            }
+            assert_eq!(exact_bounds(&pre, m, k), all, "case {case} n {m} k {k}");
+        }
+    }
+    assert_eq!(
+        fallbacks, 0,
+        "the reachable states' bound held on every row"
+    );
+}
+
+#[test]
+fn a_read_outside_the_computed_states_is_caught() {
+    let p = awkward_points(0, 50, &mut SplitMix64::new(3));
+    let pre = Prefix::new(&p);
+    let n = p.x.len();
+    let prev: Vec<f64> = (0..=n).map(|j| pre.cost(0, j)).collect();
+    let below = vec![0u32; n + 1];
+    let mut layer = Layer {
+        pre: &pre,
+        prev: &prev,
+        below: &below,
+        from_prev: 10,
+        outside: false,
+        cur: vec![f64::INFINITY; n + 1],
+        opt: vec![0; n + 1],
+    };
+    layer.solve(2, n, 1, n - 1);
+    assert!(
+        layer.outside,
+        "candidates below the computed states were refused"
+    );
+}
+
+/// `distinct` as first written: a stable sort by `total_cmp`, equal neighbours merged.
+fn distinct_reference(mut pairs: Vec<(f64, f64)>) -> Points {
+    pairs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut x, mut w): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
+    for (v, wt) in pairs {
+        match x.last() {
+            Some(&last) if last == v => *w.last_mut().unwrap() += wt,
+            _ => {
+                x.push(v);
+                w.push(wt);
+            }
+        }
+    }
+    Points { x, w }
+}
+
+#[test]
+fn distinct_values_and_their_weight_sums_match_the_stable_sort() {
+    let mut rng = SplitMix64::new(0xd157);
+    for case in 0..300u64 {
+        let n = 1 + (rng.next_u64() % 3000) as usize;
+        let pairs: Vec<(f64, f64)> = (0..n)
+            .map(|_| {
+                let v = match case % 4 {
+                    0 => [0.0, -0.0, 1.5, -1.5, 1e-300, -1e-300][(rng.next_u64() % 6) as usize],
+                    1 => f64::from(half::f16::from_f64(rng.next_f64() - 0.5)),
+                    2 => (rng.next_u64() % 7) as f64 - 3.0,
+                    _ => rng.next_f64() * 1e6 - 5e5,
+                };
+                // weights that do not sum exactly: the order of the sums shows
+                (v, rng.next_f64() * 0.3 + 1e-3)
+            })
+            .collect();
+        let (a, b) = (distinct(pairs.clone()), distinct_reference(pairs));
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a.x), bits(&b.x), "case {case}: values");
+        assert_eq!(bits(&a.w), bits(&b.w), "case {case}: weight sums");
+    }
+}
+
+#[test]
+fn counting_the_midpoints_finds_what_the_binary_search_finds() {
+    let mut rng = SplitMix64::new(0x1d);
+    for case in 0..2000u64 {
+        let k = [1usize, 2, 3, 4, 8, 9, 16, 32, 33, 64][(case % 10) as usize];
+        // ascending tables with repeated entries (padded tables) and exact midpoints
+        let mut lut: Vec<f32> = (0..k)
+            .map(|_| ((rng.next_u64() % 9) as f32 - 4.0) * 0.5)
+            .collect();
+        lut.sort_by(|a, b| a.total_cmp(b));
+        let m = Midpoints::new(&lut);
+        for _ in 0..50 {
+            let v = match rng.next_u64() % 3 {
+                0 => ((rng.next_u64() % 40) as f64 - 20.0) * 0.125, // on midpoints and entries
+                1 => rng.next_f64() * 10.0 - 5.0,
+                _ => [f64::INFINITY, f64::NEG_INFINITY, -0.0, 0.0][(rng.next_u64() % 4) as usize],
+            };
+            assert_eq!(
+                m.nearest(&lut, v),
+                nearest(&lut, v),
+                "table {lut:?}, value {v}"
+            );
         }
     }
 }

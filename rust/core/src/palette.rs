@@ -554,32 +554,33 @@ fn nearest<T: Copy + Into<f64>>(lut: &[T], v: f64) -> usize {
 /// The midpoints of a small ascending table, for [`nearest`] without branches: the entry
 /// nearest to v is the number of midpoints below v (they are ascending, so the midpoints below
 /// v are the first ones, and the binary search stops at the first midpoint not below v).
-struct Midpoints {
+struct Midpoints<'a> {
+    lut: &'a [f32],
     /// 0.5 (lut[j] + lut[j + 1]), j < len - 1, as [`nearest`] computes them; padded
-    /// with infinity to a multiple of 8.
+    /// with infinity to a multiple of 8 (empty: the table is searched).
     at: Vec<f64>,
 }
 
-impl Midpoints {
+impl<'a> Midpoints<'a> {
     /// Tables of up to this many entries are counted; larger ones searched.
     const COUNTED: usize = 32;
 
-    fn new(lut: &[f32]) -> Midpoints {
-        if lut.len() > Self::COUNTED {
-            return Midpoints { at: Vec::new() };
+    fn new(lut: &'a [f32]) -> Midpoints<'a> {
+        let mut at: Vec<f64> = Vec::new();
+        if lut.len() <= Self::COUNTED {
+            at = lut
+                .windows(2)
+                .map(|p| 0.5 * (f64::from(p[0]) + f64::from(p[1])))
+                .collect();
+            at.resize(at.len().div_ceil(8) * 8, f64::INFINITY);
         }
-        let mut at: Vec<f64> = lut
-            .windows(2)
-            .map(|p| 0.5 * (f64::from(p[0]) + f64::from(p[1])))
-            .collect();
-        at.resize(at.len().div_ceil(8) * 8, f64::INFINITY);
-        Midpoints { at }
+        Midpoints { lut, at }
     }
 
     #[inline]
-    fn nearest(&self, lut: &[f32], v: f64) -> usize {
+    fn nearest(&self, v: f64) -> usize {
         if self.at.is_empty() {
-            return nearest(lut, v);
+            return nearest(self.lut, v);
         }
         self.at
             .chunks_exact(8)
@@ -759,7 +760,7 @@ fn palettize_group(
     let midpoints = Midpoints::new(&lut);
     for i in 0..n {
         let s = scale(i);
-        let idx = midpoints.nearest(&lut, values[i] as f64 / s);
+        let idx = midpoints.nearest(values[i] as f64 / s);
         indices[i] = idx as u8;
         if !is_outlier[i] {
             let deq = (lut[idx] * s as f32) as f64;

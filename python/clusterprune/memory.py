@@ -5,6 +5,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -37,3 +39,31 @@ def bounded_heap(threshold: int = 1 << 20) -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
+
+
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc malloc.h) and glibc's defaults
+M_MMAP_MAX = -4
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
+DEFAULT_MMAP_MAX = 65536
+HELD = (1 << 31) - 1  # mallopt takes a C int
+
+
+@contextmanager
+def reused_heap() -> Iterator[None]:
+    """Inside the block, every C allocation comes from the heap and freed pages stay there for
+    the next one (glibc's mallopt: no mapping of its own per large block, no trimming), so a loop
+    that allocates and frees the same large temporaries faults their pages in once, not each
+    time; :func:`release_freed_memory` between the loop's steps bounds what stays resident. On
+    exit the heap is trimmed and glibc's default limits are set again. A no-op elsewhere."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        yield
+        return
+    libc.mallopt(M_MMAP_MAX, 0)
+    libc.mallopt(M_TRIM_THRESHOLD, HELD)
+    try:
+        yield
+    finally:
+        libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
+        libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.malloc_trim(0)

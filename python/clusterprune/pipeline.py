@@ -24,6 +24,7 @@ from .io.output import atomic_directory, check_destination
 from .io.resolve import resolve_model
 from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
 from .io.stats import load_stats
+from .memory import release_freed_memory, reused_heap
 from .models.units import ModuleSpec, Part, from_units, to_units
 from .models.units import blocks as blocks_of
 from .plan import ModulePlan, Plan, make_plan
@@ -193,11 +194,15 @@ def execute(
                 writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
             done: set[str] = set()
             bar = Progress(len(plan.modules), "compress", progress)
-            for m in plan.modules:
-                spec = plan.specs[m.name]
-                report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
-                done.update(written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts))
-                bar.update(m.name)
+            with reused_heap():  # each module's large temporaries reuse the last one's pages
+                for m in plan.modules:
+                    spec = plan.specs[m.name]
+                    report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
+                    done.update(
+                        written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts)
+                    )
+                    release_freed_memory()  # what stays resident: one module's temporaries at most
+                    bar.update(m.name)
             for name in ckpt.names():
                 if name not in done:
                     writers[ckpt.where[name]].write(name, ckpt.raw_bytes(name))

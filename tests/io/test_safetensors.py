@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clusterprune.errors import CorruptCheckpointError
-from clusterprune.io.safetensors import ITEMSIZE, SafetensorsFile, SafetensorsWriter, parse_header
+from clusterprune.io.safetensors import ITEMSIZE, SafetensorsFile, SafetensorsWriter, first_non_finite, parse_header
 
 DTYPES = sorted(ITEMSIZE)
 
@@ -117,3 +117,21 @@ def test_written_files_pass_the_checks_and_close_with_views_alive(tmp_path):
     view = f.raw("a")
     f.close()  # an array still views the map: closing must not raise (and must not mask an error)
     assert view.tolist() == [[0, 1, 2], [3, 4, 5]] and f.metadata == {"k": "v"}
+
+
+def test_the_first_non_finite_half_is_the_one_isfinite_finds():
+    """fp16 by its exponent bits: every one of the 65,536 codes judged as np.isfinite judges it,
+    and the first NaN or Inf found wherever it is (first, last, among others, none)."""
+    codes = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = np.isfinite(codes)
+    for code in range(1 << 16):
+        one = codes[code : code + 1]
+        assert (first_non_finite(one, "F16") is None) == bool(finite[code]), hex(code)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.standard_normal(int(rng.integers(1, 300))).astype(np.float16)
+        for _ in range(int(rng.integers(0, 3))):
+            a[rng.integers(0, a.size)] = rng.choice(codes[~finite])
+        expected = np.flatnonzero(~np.isfinite(a))
+        got = first_non_finite(a.reshape(1, -1), "F16")
+        assert got == (int(expected[0]) if expected.size else None)

@@ -283,6 +283,8 @@ def first_non_finite(raw: np.ndarray, dtype: str) -> int | None:
     flat = raw.reshape(-1)
     if dtype == "BF16":
         bad = (flat & 0x7F80) == 0x7F80
+    elif dtype == "F16":  # exponent bits all set: what np.isfinite refuses, without converting each half
+        bad = (flat.view(np.uint16) & 0x7C00) == 0x7C00
     elif dtype in FLOAT_DTYPES:
         bad = ~np.isfinite(flat)
     else:

@@ -28,7 +28,18 @@ def release_freed_memory() -> None:
         libc.malloc_trim(0)
 
 
-M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
+M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc malloc.h) and glibc's defaults
+M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
+DEFAULT_TRIM_THRESHOLD = 128 * 1024
+DEFAULT_MMAP_MAX = 65536
+HELD = (1 << 31) - 1  # mallopt takes a C int
+
+
+def _with_mallopt() -> Any:
+    """The C library when it has glibc's mallopt, else None."""
+    libc = _libc()
+    return libc if libc is not None and hasattr(libc, "mallopt") else None
 
 
 def bounded_heap(threshold: int = 1 << 20) -> None:
@@ -36,16 +47,9 @@ def bounded_heap(threshold: int = 1 << 20) -> None:
     (glibc's mallopt; a no-op elsewhere). glibc otherwise raises the threshold as large blocks are
     freed and keeps later ones in its heap, where freed pages stay resident: long runs that
     allocate and free large temporaries (torch's activations) grow by hundreds of MB."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
+    libc = _with_mallopt()
+    if libc is not None:
         libc.mallopt(M_MMAP_THRESHOLD, threshold)
-
-
-M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc malloc.h) and glibc's defaults
-M_MMAP_MAX = -4
-DEFAULT_TRIM_THRESHOLD = 128 * 1024
-DEFAULT_MMAP_MAX = 65536
-HELD = (1 << 31) - 1  # mallopt takes a C int
 
 
 @contextmanager
@@ -55,8 +59,8 @@ def reused_heap() -> Iterator[None]:
     that allocates and frees the same large temporaries faults their pages in once, not each
     time; :func:`release_freed_memory` between the loop's steps bounds what stays resident. On
     exit the heap is trimmed and glibc's default limits are set again. A no-op elsewhere."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
+    libc = _with_mallopt()
+    if libc is None:
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)

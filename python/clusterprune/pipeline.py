@@ -194,7 +194,7 @@ def execute(
                 writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
             done: set[str] = set()
             bar = Progress(len(plan.modules), "compress", progress)
-            with reused_heap():  # each module's large temporaries reuse the last one's pages
+            with reused_heap():  # a module's large temporaries reuse the pages its earlier ones freed
                 for m in plan.modules:
                     spec = plan.specs[m.name]
                     report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))

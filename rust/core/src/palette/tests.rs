@@ -315,34 +315,8 @@ fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
     let mut rng = SplitMix64::new(0x7e57);
     for case in 0..400 {
         let n = 1 + (rng.next_u64() % 60) as usize;
-        // few distinct values and repeated prev entries: exact ties between candidates
-        let levels = 1 + (rng.next_u64() % 5);
-        let x: Vec<f64> = {
-            let mut v: Vec<f64> = (0..n)
-                .map(|_| (rng.next_u64() % (levels * 4)) as f64 * 0.25)
-                .collect();
-            v.sort_by(|a, b| a.total_cmp(b));
-            v.dedup();
-            v
-        };
-        let m = x.len();
-        let w: Vec<f64> = (0..m)
-            .map(|_| {
-                if case % 3 == 0 {
-                    1.0
-                } else {
-                    rng.next_f64() + 0.01
-                }
-            })
-            .collect();
-        let pre = Prefix::new(&Points { x, w });
-        let prev: Vec<f64> = (0..=m)
-            .map(|_| match rng.next_u64() % 4 {
-                0 => f64::INFINITY,
-                1 => 0.0,
-                _ => (rng.next_u64() % 3) as f64,
-            })
-            .collect();
+        let (pre, prev) = scan_case(case, n, &mut rng);
+        let m = pre.w.len() - 1;
         let below = vec![0u32; m + 1];
         let layer = Layer {
             pre: &pre,
@@ -356,19 +330,96 @@ fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
         for j in 1..=m {
             for lo in 0..j {
                 for hi in lo.saturating_sub(1)..j {
-                    let (a, b) = (
+                    let b = scan_reference(&pre, &prev, j, lo, hi);
+                    for a in [
                         layer.best_start(j, lo, hi),
-                        scan_reference(&pre, &prev, j, lo, hi),
-                    );
+                        layer.scalar_best_start(j, lo, hi),
+                    ] {
+                        assert_eq!(
+                            (a.0.to_bits(), a.1),
+                            (b.0.to_bits(), b.1),
+                            "j {j} lo {lo} hi {hi}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Points and a previous layer for scan tests: few distinct values and repeated `prev` entries
+/// (exact ties between candidates), infinite `prev` entries (states no clustering reaches), and
+/// for some cases weights so unequal that differences of their prefix sums are 0 (w <= 0).
+fn scan_case(case: u64, n: usize, rng: &mut SplitMix64) -> (Prefix, Vec<f64>) {
+    let levels = 1 + (rng.next_u64() % 5);
+    let mut x: Vec<f64> = (0..n)
+        .map(|_| (rng.next_u64() % (levels * 4)) as f64 * 0.25)
+        .collect();
+    x.sort_by(|a, b| a.total_cmp(b));
+    x.dedup();
+    let m = x.len();
+    let w: Vec<f64> = (0..m)
+        .map(|_| {
+            if case.is_multiple_of(3) {
+                1.0
+            } else {
+                rng.next_f64() + 0.01
+            }
+        })
+        .collect();
+    let mut pre = Prefix::new(&Points { x, w });
+    if case % 4 == 1 {
+        // prefix sums that stop growing (a weight too small to change them): w = 0 between
+        // equal sums, with s = 0 (a quotient 0 / 0) or not (s^2 / 0)
+        for i in 1..=m {
+            if rng.next_u64().is_multiple_of(2) {
+                pre.w[i] = pre.w[i - 1];
+                if rng.next_u64().is_multiple_of(2) {
+                    pre.s[i] = pre.s[i - 1];
+                }
+            }
+        }
+    }
+    let prev: Vec<f64> = (0..=m)
+        .map(|_| match rng.next_u64() % 4 {
+            0 => f64::INFINITY,
+            1 => 0.0,
+            _ => (rng.next_u64() % 3) as f64,
+        })
+        .collect();
+    (pre, prev)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn the_vector_scan_picks_what_the_plain_scan_picks() {
+    if !vector::available() {
+        eprintln!("skipped: this processor has no AVX (the vector scan is never used here)");
+        return;
+    }
+    let mut rng = SplitMix64::new(0x51d);
+    let mut zero_widths = 0;
+    for case in 0..300u64 {
+        let n = 1 + (rng.next_u64() % 90) as usize;
+        let (pre, prev) = scan_case(case, n, &mut rng);
+        let m = pre.w.len() - 1;
+        for j in 1..=m {
+            for lo in 0..j {
+                zero_widths += usize::from(pre.w[j] - pre.w[lo] <= 0.0);
+                for hi in lo..j {
+                    // SAFETY: the processor has AVX (checked above)
+                    let a = unsafe { vector::best_start(&pre, &prev, j, lo, hi) };
+                    let b = scan_reference(&pre, &prev, j, lo, hi);
                     assert_eq!(
                         (a.0.to_bits(), a.1),
                         (b.0.to_bits(), b.1),
-                        "j {j} lo {lo} hi {hi}"
+                        "case {case} j {j} lo {lo} hi {hi}"
                     );
                 }
             }
         }
     }
+    assert!(zero_widths > 0, "some candidates had w <= 0");
 }
 
 /// Sorted distinct values of one kind of awkward row, with weights (all 1 for some kinds).

@@ -127,6 +127,11 @@ def compact_bytes(t: Target, bits: int, config: PaletteConfig, lut_dtype: str) -
     return -(-t.rows * t.cols * bits // 8) + groups * (2**bits) * itemsize + scales
 
 
+def tensor_values(ckpt: Checkpoint, t: Target) -> np.ndarray:
+    """The tensor's weights in float32 as a C-contiguous rows x cols matrix."""
+    return np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
+
+
 def palettize_tensor(
     ckpt: Checkpoint,
     t: Target,
@@ -137,14 +142,17 @@ def palettize_tensor(
     moment: np.ndarray | None = None,
     factored: Factor | None = None,
     row_weights: np.ndarray | None = None,
+    values: np.ndarray | None = None,
 ) -> tuple[Palettized, float]:
     """One tensor palettized: (the result, weighted squared error). With ``moment`` = H, the
     second moment of the layer's input (:mod:`.output_error`): tables by k-means weighted by what
     each column's error costs the output, indices chosen against the output error, and that
     error returned (each row's weighted by ``row_weights`` when given); ``factored``:
-    ``factor(moment)`` when the caller already has it."""
+    ``factor(moment)`` when the caller already has it; ``values``: :func:`tensor_values` of the
+    tensor when the caller already has them."""
     info = ckpt.info(t.name)
-    values = np.ascontiguousarray(ckpt.f32(t.name).reshape(t.rows, t.cols))
+    if values is None:
+        values = tensor_values(ckpt, t)
     lut_dtype = lut_dtype_of(info.dtype, config)
     g = group_rows(t, config, ckpt.file_of(t.name))
     if factored is None and moment is not None:
@@ -238,11 +246,12 @@ def tied_moment(h: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
-def _energy(ckpt: Checkpoint, t: Target, weights: np.ndarray | None, moment: np.ndarray | None = None) -> float:
-    w = ckpt.f32(t.name).reshape(t.rows, t.cols).astype(np.float64)
+def _energy(values: np.ndarray, weights: np.ndarray | None, moment: np.ndarray | None = None) -> float:
+    """The weighted energy of a tensor's rows x cols ``values`` (float32), summed in float64."""
     if moment is not None:  # the output's energy E||W x||^2
+        w = values.astype(np.float64)
         return float(np.sum((w @ moment) * w))
-    sq = w * w
+    sq = np.square(values, dtype=np.float64)  # converted and squared a block at a time
     return float(np.sum(sq * weights[None, :]) if weights is not None else np.sum(sq))
 
 
@@ -282,10 +291,13 @@ def plan_bits(
         moment = moments.get(t.name) if moments is not None else None  # read and factorised once per tensor
         factored = factor(moment) if moment is not None else None
         g = moments.fisher(t) if by_loss and moments is not None else None
-        energy = 2.0 if g is not None else _energy(ckpt, t, weights.get(t.name), moment)  # the loss: 1/2 sum
+        values = tensor_values(ckpt, t)  # converted once for every level
+        energy = 2.0 if g is not None else _energy(values, weights.get(t.name), moment)  # the loss: 1/2 sum
         share = shares.get(t.name, 1.0) if moment is not None else 1.0
         for b in measured_levels:
-            _, err = palettize_tensor(ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored, g)
+            _, err = palettize_tensor(
+                ckpt, t, b, config, weights.get(t.name), num_threads, moment, factored, g, values=values
+            )
             measured[(t.name, b)] = share * err / energy if energy > 0 else 0.0
             bar.update(f"{t.name} {b} bits")
         top = measured_levels[-1]
@@ -448,8 +460,12 @@ def _write(
                 )
         for t in chosen:
             moment = moments.get(t.name)  # read once for the tensor's error and its output energy
-            p, err = palettize_tensor(ckpt, t, bits[t.name], config, weights.get(t.name), threads, moment)
-            energy = _energy(ckpt, t, weights.get(t.name), moment)
+            values = tensor_values(ckpt, t)  # converted once for the palettization and the energy
+            p, err = palettize_tensor(
+                ckpt, t, bits[t.name], config, weights.get(t.name), threads, moment, values=values
+            )
+            energy = _energy(values, weights.get(t.name), moment)
+            del values
             compact = encode(t.name, p)
             rho = err / energy if energy > 0 else 0.0
             report.tensors.append(

@@ -167,3 +167,19 @@ def test_steps_that_would_lose_the_palette_refuse_it(checkpoints, tmp_path):
     with Checkpoint(checkpoints["whisper"]) as s:
         assert info["total_params"] == sum(s.info(n).numel for n in s.names())  # the model, not its parts
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 13), (384, 1536)])
+def test_the_energy_is_the_float64_sum_of_the_squares_bit_for_bit(shape):
+    from clusterprune.palettize.pipeline import _energy
+
+    rng = np.random.default_rng(sum(shape))
+    values = (rng.standard_normal(shape) * 0.02).astype(np.float16).astype(np.float32)
+    values[0] = 0.0  # an all-zero row
+    weights = rng.random(shape[1]) + 0.5
+    x = rng.standard_normal((shape[1], shape[1] + 3))
+    moment = x @ x.T / x.shape[1]
+    w = values.astype(np.float64)
+    assert _energy(values, None) == float(np.sum(w * w))
+    assert _energy(values, weights) == float(np.sum(w * w * weights[None, :]))
+    assert _energy(values, None, moment) == float(np.sum((w @ moment) * w))

@@ -349,7 +349,7 @@ fn the_branch_free_candidate_scan_picks_what_the_plain_scan_picks() {
 
 /// Points and a previous layer for scan tests: few distinct values and repeated `prev` entries
 /// (exact ties between candidates), infinite `prev` entries (states no clustering reaches), and
-/// for some cases weights so unequal that differences of their prefix sums are 0 (w <= 0).
+/// for some cases prefix sums that stop growing, so that candidates have w = 0.
 fn scan_case(case: u64, n: usize, rng: &mut SplitMix64) -> (Prefix, Vec<f64>) {
     let levels = 1 + (rng.next_u64() % 5);
     let mut x: Vec<f64> = (0..n)

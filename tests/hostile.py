@@ -66,12 +66,15 @@ def rewrite(
 
 
 def sigterm_mid_run(module: str, function: str, args: list[str]) -> tuple[int, str]:
-    """Runs the CLI with ``args`` in a subprocess whose ``module.function`` waits once called,
-    sends it SIGTERM there, and returns (exit status, standard error)."""
+    """Runs the CLI with ``args`` in a subprocess whose ``module.function`` waits the first time
+    it is called (from whichever thread), sends it SIGTERM there, and returns (exit status,
+    standard error). A run stops once the work in flight returns."""
     script = (
-        "import importlib, sys, time\nfrom clusterprune import cli\n"
-        f"target = importlib.import_module({module!r})\nreal = target.{function}\n"
-        "def slow(*a, **k):\n    print('started', flush=True); time.sleep(30); return real(*a, **k)\n"
+        "import importlib, sys, threading, time\nfrom clusterprune import cli\n"
+        f"target = importlib.import_module({module!r})\nreal = target.{function}\nfirst = threading.Lock()\n"
+        "def slow(*a, **k):\n"
+        "    if first.acquire(blocking=False):\n        print('started', flush=True); time.sleep(10)\n"
+        "    return real(*a, **k)\n"
         f"target.{function} = slow\nsys.exit(cli.main(sys.argv[1:]))\n"
     )
     p = subprocess.Popen(

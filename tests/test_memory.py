@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from clusterprune import memory
@@ -21,10 +23,15 @@ class FakeLibc:
         return 1
 
 
-SET = [("mallopt", memory.M_MMAP_MAX, 0), ("mallopt", memory.M_TRIM_THRESHOLD, memory.HELD)]
+SET = [
+    ("mallopt", memory.M_MMAP_MAX, 0),
+    ("mallopt", memory.M_TRIM_THRESHOLD, memory.HELD),
+    ("mallopt", memory.M_ARENA_MAX, 1),
+]
 RESTORED = [
     ("mallopt", memory.M_MMAP_MAX, memory.DEFAULT_MMAP_MAX),
     ("mallopt", memory.M_TRIM_THRESHOLD, memory.DEFAULT_TRIM_THRESHOLD),
+    ("mallopt", memory.M_ARENA_MAX, memory.DEFAULT_ARENAS_PER_CORE * (os.cpu_count() or 1)),
     ("malloc_trim", 0),
 ]
 

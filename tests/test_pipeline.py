@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import clusterprune
+from clusterprune import pipeline as pipeline_module
+from clusterprune.config import RECIPES, make_recipe
 from clusterprune.io.checkpoint import Checkpoint
+from clusterprune.io.safetensors import SafetensorsFile, SafetensorsWriter
+from clusterprune.models.registry import unit_map
+from clusterprune.models.units import to_units
+from clusterprune.pipeline import unchanged as unchanged_module
+from clusterprune.plan import make_plan, module_variance, stored_sums
+from clusterprune.recipes.registries import FEATURES
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -160,3 +169,68 @@ def test_metadata_report_and_aux_files(checkpoints, tmp_path):
     saved = json.loads((out / "clusterprune_plan.json").read_text())
     assert saved["params_removed"] == report.plan.params_removed > 0
     assert all(0.0 <= m["rel_wcss"] <= 1.0 for m in saved["modules"])
+
+
+def _with_negative_zeros(src: Path, dst: Path, tensor: str) -> None:
+    """A copy of the checkpoint ``src`` in which every 7th value of ``tensor`` is -0.0."""
+    shutil.copytree(src, dst)
+    with SafetensorsFile(src / "model.safetensors") as f:
+        entries = [(n, i.dtype, i.shape) for n, i in f.tensors.items()]
+        writer = SafetensorsWriter(dst / "model.safetensors", entries, f.metadata)
+        for n in f.tensors:
+            raw = np.array(f.raw(n))
+            if n == tensor:
+                bits = raw.reshape(-1).view(f"<u{raw.dtype.itemsize}")
+                bits[::7] = 1 << (8 * raw.dtype.itemsize - 1)
+            writer.write(n, raw)
+        writer.close()
+
+
+@pytest.mark.parametrize("family", ["whisper", "whisper_float16", "whisper_bfloat16"])
+@pytest.mark.parametrize("recipe", sorted(r for r, v in RECIPES.items() if v.activations != "selfgen"))
+def test_modules_kept_whole_are_written_as_clustering_them_would_write_them(
+    checkpoints, tmp_path, monkeypatch, family, recipe
+):
+    """A module kept at K = N is copied from the source (its negative zeros made positive, as the
+    fold's sums make them) instead of going through its recipe: the same files byte for byte,
+    and the same report, as the full computation."""
+    plan = make_plan(checkpoints[family], 0.25, make_recipe(recipe))
+    whole = plan.modules[0]
+    src = tmp_path / "src"
+    _with_negative_zeros(checkpoints[family], src, plan.specs[whole.name].parts[0].tensor)
+    overrides = {whole.name: whole.n_units}
+    fast = clusterprune.compress(src, tmp_path / "fast", sparsity=0.25, recipe=recipe, k_overrides=overrides)
+    with Checkpoint(src) as ckpt:
+        spec, m = fast.plan.specs[whole.name], fast.plan.modules[0]
+        assert unchanged_module(ckpt, spec, m, fast.plan.recipe, "fused") == (fast.plan.recipe.fusion != "cosine")
+    monkeypatch.setattr(pipeline_module, "unchanged", lambda *args: False)
+    full = clusterprune.compress(src, tmp_path / "full", sparsity=0.25, recipe=recipe, k_overrides=overrides)
+    assert digest(tmp_path / "fast") == digest(tmp_path / "full")
+    strip = [{k: v for k, v in m.to_dict().items() if k != "seconds"} for m in fast.modules]
+    assert strip == [{k: v for k, v in m.to_dict().items() if k != "seconds"} for m in full.modules]
+
+
+@pytest.mark.parametrize("family", ["whisper", "whisper_float16", "whisper_bfloat16", "hubert"])
+@pytest.mark.parametrize("feature", sorted(FEATURES))
+def test_module_variances_are_the_float64_variances_of_their_features_bit_for_bit(checkpoints, family, feature):
+    """The plan's variances, summed from the stored values where the unit matrix keeps the
+    tensor's order, are the float64 variances of the feature blocks as NumPy adds them."""
+    recipe = make_recipe("paper", feature=feature)
+    with Checkpoint(checkpoints[family]) as ckpt:
+        for spec in unit_map(ckpt.config, set(ckpt.where)).modules:
+            parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
+            total = total_sq = 0.0
+            count = 0
+            for block in FEATURES[feature](parts):
+                b = block.astype(np.float64)
+                total += float(b.sum())
+                total_sq += float((b * b).sum())
+                count += b.size
+            mean = total / count
+            want = max(total_sq / count - mean * mean, 0.0)
+            assert module_variance(ckpt, spec, recipe).hex() == want.hex(), spec.name
+            for part, units in parts:  # each part's sums, which the variance may hide in its rounding
+                b = units.astype(np.float64)
+                want_sums = (float(b.sum()).hex(), float((b * b).sum()).hex(), b.size)
+                got = stored_sums(ckpt, spec, part)
+                assert (got[0].hex(), got[1].hex(), got[2]) == want_sums, part.tensor

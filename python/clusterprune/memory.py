@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,8 +32,10 @@ def release_freed_memory() -> None:
 M_TRIM_THRESHOLD = -1  # mallopt's parameter numbers (glibc malloc.h) and glibc's defaults
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 DEFAULT_TRIM_THRESHOLD = 128 * 1024
 DEFAULT_MMAP_MAX = 65536
+DEFAULT_ARENAS_PER_CORE = 8  # glibc's limit on 64-bit systems when none is set
 HELD = (1 << 31) - 1  # mallopt takes a C int
 
 
@@ -55,19 +58,22 @@ def bounded_heap(threshold: int = 1 << 20) -> None:
 @contextmanager
 def reused_heap() -> Iterator[None]:
     """Inside the block, every C allocation comes from the heap and freed pages stay there for
-    the next one (glibc's mallopt: no mapping of its own per large block, no trimming), so a loop
-    that allocates and frees the same large temporaries faults their pages in once, not each
-    time; :func:`release_freed_memory` between the loop's steps bounds what stays resident. On
-    exit the heap is trimmed and glibc's default limits are set again. A no-op elsewhere."""
+    the next one (glibc's mallopt: no mapping of its own per large block, no trimming, one heap
+    for every thread started inside), so a loop that allocates and frees the same large
+    temporaries faults their pages in once, not each time; :func:`release_freed_memory` between
+    the loop's steps bounds what stays resident. On exit the heap is trimmed and glibc's default
+    limits are set again. A no-op elsewhere."""
     libc = _with_mallopt()
     if libc is None:
         yield
         return
     libc.mallopt(M_MMAP_MAX, 0)
     libc.mallopt(M_TRIM_THRESHOLD, HELD)
+    libc.mallopt(M_ARENA_MAX, 1)  # threads started inside allocate from the same heap
     try:
         yield
     finally:
         libc.mallopt(M_MMAP_MAX, DEFAULT_MMAP_MAX)
         libc.mallopt(M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        libc.mallopt(M_ARENA_MAX, DEFAULT_ARENAS_PER_CORE * (os.cpu_count() or 1))
         libc.malloc_trim(0)

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,18 +16,26 @@ import numpy as np
 
 from ._version import __version__
 from .config import DEFAULT_RECIPE, Recipe, make_recipe
-from .engine.rust import check_threads, kmeans, top_k
+from .engine.rust import (
+    check_threads,
+    cluster_column_means,
+    cluster_means,
+    float64_sums,
+    kmeans,
+    resolved_init,
+    top_k,
+)
 from .engine.xp import kmeans_xp, namespace, to_host
 from .errors import InvalidArgumentError
-from .fusion import expand, fold, relabel_by_first_member
+from .fusion import Fusion, expand, fold, relabel_by_first_member
 from .io.checkpoint import INDEX, Checkpoint
 from .io.jsontext import dumps
 from .io.metadata import EXPORTS, FOLDED_KEY, METADATA_KEY, PLAN_FILE, compression_record
 from .io.output import atomic_directory, check_destination
 from .io.resolve import resolve_model
-from .io.safetensors import ITEMSIZE, SafetensorsWriter, from_f32
+from .io.safetensors import EXACT_IN_F32, ITEMSIZE, SafetensorsWriter, from_f32, positive_zeros
 from .io.stats import load_stats
-from .memory import release_freed_memory, reused_heap
+from .memory import reused_heap
 from .models.units import ModuleSpec, Part, from_units, to_units
 from .models.units import blocks as blocks_of
 from .plan import ModulePlan, Plan, make_plan
@@ -33,7 +44,7 @@ from .recipes.context import module_context, module_seed, with_moments
 from .recipes.gaussian import ModuleContext, expected_contribution
 from .recipes.obs import greedy_removal, output_variance, removal_labels
 from .recipes.refit import refit_consumer
-from .recipes.registries import FEATURES, FUSIONS, SCORES, WEIGHTINGS
+from .recipes.registries import FEATURES, FUSIONS, SCORES, SELECTIONS, WEIGHTINGS
 from .recipes.repair import repair_scales, repaired
 
 
@@ -98,8 +109,23 @@ class Compute:
         return np if self.device == "cpu" else namespace(self.device)
 
 
+class UnitMatrices:
+    """A module's unit matrices in float32, as read, and in float64, made on first use (most
+    recipes' arithmetic; the paper recipe needs none)."""
+
+    def __init__(self, f32: list[tuple[Part, np.ndarray]]) -> None:
+        self.f32 = f32
+        self._f64: list[tuple[Part, np.ndarray]] | None = None
+
+    @property
+    def f64(self) -> list[tuple[Part, np.ndarray]]:
+        if self._f64 is None:
+            self._f64 = [(p, u.astype(np.float64)) for p, u in self.f32]
+        return self._f64
+
+
 def group_units(
-    parts: list[tuple[Part, np.ndarray]],
+    units: UnitMatrices,
     k: int,
     recipe: Recipe,
     seed: int,
@@ -107,13 +133,14 @@ def group_units(
     ctx: ModuleContext | None = None,
 ) -> tuple[np.ndarray, float, int, str]:
     """labels (cluster per unit, -1 removed), relative WCSS (method obs: the relative output
-    error), Lloyd iterations, init used."""
+    error), Lloyd iterations, init used. k-means reads the float32 unit matrices when its
+    features are some of them as they are (the same values, half the bytes)."""
     ctx = ctx or ModuleContext()
-    n = parts[0][1].shape[0]
+    n = units.f32[0][1].shape[0]
     if recipe.method == "obs":
         if ctx.moments is None:
             raise InvalidArgumentError("method obs needs the module's activation moments")
-        (consumer,) = blocks_of(parts, ("consumer",))
+        (consumer,) = blocks_of(units.f64, ("consumer",))
         planned = greedy_removal(ctx.moments[1], consumer, n - k)
         errors = planned.errors[: n - k]
         labels = removal_labels(planned.order[: n - k], n)
@@ -121,16 +148,19 @@ def group_units(
         rel = float(errors[-1]) / full if len(errors) and full > 0 else 0.0
         return labels, rel, 0, "-"
     if recipe.method == "magnitude":
-        keep = top_k(SCORES[recipe.score](parts, ctx), k)
+        keep = top_k(SCORES[recipe.score](units.f64, ctx), k)
         labels = np.full(n, -1, dtype=np.int64)
         labels[keep] = np.arange(k)
-        blocks = FEATURES[recipe.feature](parts)
+        blocks = FEATURES[recipe.feature](units.f64)
         energy = sum(np.sum(b * b, axis=1) for b in blocks)
         total = float(np.sum(energy))
         removed = float(np.sum(energy[labels < 0]))
         return labels, (removed / total if total > 0 else 0.0), 0, "-"
-    features = np.concatenate(WEIGHTINGS[recipe.weighting](FEATURES[recipe.feature](parts)), axis=1)
-    total = float(np.sum(features * features))
+    if recipe.feature in SELECTIONS and recipe.weighting == "none":
+        features = np.concatenate(FEATURES[recipe.feature](units.f32), axis=1)
+    else:
+        features = np.concatenate(WEIGHTINGS[recipe.weighting](FEATURES[recipe.feature](units.f64)), axis=1)
+    total = float64_sums(features)[1]
     if compute.device == "cpu":
         result = kmeans(features, k, seed, init=recipe.init, max_iter=recipe.max_iter, num_threads=compute.num_threads)
     else:
@@ -194,14 +224,13 @@ def execute(
                 writers[fname] = SafetensorsWriter(tmp / fname, entries, metadata)
             done: set[str] = set()
             bar = Progress(len(plan.modules), "compress", progress)
-            with reused_heap():  # a module's large temporaries reuse the pages its earlier ones freed
-                for m in plan.modules:
+            with reused_heap():  # a module's large temporaries reuse the pages an earlier one freed
+                for m, result in _compressed_modules(ckpt, plan, export, writers, compute):
+                    report.modules.append(result)
                     spec = plan.specs[m.name]
-                    report.modules.append(_compress_module(ckpt, spec, m, plan, export, writers, compute))
                     done.update(
                         written_tensors(spec, plan.recipe) if m.k < m.n_units else (p.tensor for p in spec.parts)
                     )
-                    release_freed_memory()  # what stays resident: one module's temporaries at most
                     bar.update(m.name)
             for name in ckpt.names():
                 if name not in done:
@@ -226,6 +255,43 @@ def execute(
     return report
 
 
+def modules_in_flight(compute: Compute) -> int:
+    """Modules compressed at the same time: two on the CPU, so that one module's serial steps
+    (Ward's merges, reading and writing its tensors) overlap the other's parallel ones; one
+    when a single thread was asked for, or on a GPU."""
+    return 2 if compute.device == "cpu" and compute.num_threads != 1 else 1
+
+
+def _compressed_modules(
+    ckpt: Checkpoint, plan: Plan, export: str, writers: dict[str, SafetensorsWriter], compute: Compute
+) -> Iterator[tuple[ModulePlan, ModuleResult]]:
+    """Each module of the plan with its result, in plan order; with two in flight, the first
+    error in plan order stops the run (the other module in flight finishes first). Every
+    module's output depends on its own tensors only, so the files are the same either way."""
+    in_flight = modules_in_flight(compute)
+    if in_flight == 1:
+        for m in plan.modules:
+            yield m, _compress_module(ckpt, plan.specs[m.name], m, plan, export, writers, compute)
+        return
+    waiting = iter(plan.modules)
+    running: deque[tuple[ModulePlan, Future[ModuleResult]]] = deque()
+    with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="compress") as pool:
+
+        def start_next() -> None:
+            m = next(waiting, None)
+            if m is not None:
+                spec = plan.specs[m.name]
+                running.append((m, pool.submit(_compress_module, ckpt, spec, m, plan, export, writers, compute)))
+
+        for _ in range(in_flight):
+            start_next()
+        while running:
+            m, future = running.popleft()
+            result = future.result()
+            start_next()
+            yield m, result
+
+
 def _compress_module(
     ckpt: Checkpoint,
     spec: ModuleSpec,
@@ -237,12 +303,21 @@ def _compress_module(
 ) -> ModuleResult:
     t0 = time.monotonic()
     recipe = plan.recipe
-    units32 = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
-    parts = [(p, u.astype(np.float64)) for p, u in units32]
+    if unchanged(ckpt, spec, m, recipe, export):
+        for part in spec.parts:
+            writers[ckpt.where[part.tensor]].write(part.tensor, positive_zeros(ckpt.raw(part.tensor)))
+            ckpt.drop_pages(part.tensor)
+        init = resolved_init(recipe.init, m.n_units, m.k) if recipe.method == "kmeans" else "-"
+        return ModuleResult(m.name, m.n_units, m.k, 0.0, 0, init, time.monotonic() - t0)
+    tensors32 = {p.tensor: ckpt.f32(p.tensor) for p in spec.parts}
+    units32 = [(p, to_units(tensors32[p.tensor], spec, p)) for p in spec.parts]
+    for part in spec.parts:
+        ckpt.drop_pages(part.tensor)
+    units = UnitMatrices(units32)
     ctx = module_context(ckpt, spec)
     if recipe.method == "obs":
-        ctx = with_moments(ctx, spec, parts, plan.stats, plan.seed)
-    labels, rel, n_iter, init = group_units(parts, m.k, recipe, plan.seed, compute, ctx)
+        ctx = with_moments(ctx, spec, units.f64, plan.stats, plan.seed)
+    labels, rel, n_iter, init = group_units(units, m.k, recipe, plan.seed, compute, ctx)
     if not np.isfinite(rel):
         count = f" ({plan.stats.infos()[spec.name].count} positions for {m.n_units} neurons)" if plan.stats else ""
         raise InvalidArgumentError(
@@ -250,24 +325,34 @@ def _compress_module(
             "make the statistics with more --clips"
         )
     xp = compute.namespace()
-    if xp is np:
-        on_device = parts
-    else:
-        on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
-    folded = fold(on_device, xp.asarray(labels), m.k, FUSIONS[recipe.fusion], xp)
-    if recipe.repair and spec.kind == "ffn" and m.k < m.n_units:
-        host = [(p, to_host(xp, u)) for p, u in folded]
-        fixed = repaired(host, repair_scales(parts, labels, m.k, ctx), ctx)
-        folded = [(p, xp.asarray(u)) for p, u in fixed]
+    rule = FUSIONS[recipe.fusion]
+    ffn_cut = spec.kind == "ffn" and m.k < m.n_units
     shift = None  # change of the consumer's bias that keeps the modelled mean output
-    if recipe.resolves_consumer and spec.kind == "ffn" and m.k < m.n_units:
-        new_consumer, shift = refit_consumer(parts, labels, ctx, module_seed(plan.seed, spec.name))
-        folded = [(p, xp.asarray(new_consumer) if p.role == "consumer" else u) for p, u in folded]
-    elif (recipe.compensate or recipe.refit) and m.k < m.n_units:
-        shift = expected_contribution(parts, ctx)[labels < 0].sum(axis=0)
-    new_parts = folded if export == "folded" else expand(folded, xp.asarray(labels), m.k, xp)
-    for part, units in new_parts:
-        tensor = from_units(to_host(xp, units).astype(np.float32), spec, part)
+    if (
+        xp is np
+        and export == "fused"
+        and not rule.producer_direction
+        and not (ffn_cut and (recipe.repair or recipe.resolves_consumer))
+    ):  # fold then expand in one pass over the float32 tensors: the same numbers
+        outputs = [(p, _same_shape_means(tensors32[p.tensor], u, p, spec, labels, m.k, rule)) for p, u in units32]
+    else:
+        if xp is np:
+            on_device = units.f64
+        else:
+            on_device = [(p, xp.asarray(u).astype(xp.float64)) for p, u in units32]  # f32 upload, f64 on the device
+        folded = fold(on_device, xp.asarray(labels), m.k, rule, xp)
+        if recipe.repair and ffn_cut:
+            host = [(p, to_host(xp, u)) for p, u in folded]
+            fixed = repaired(host, repair_scales(units.f64, labels, m.k, ctx), ctx)
+            folded = [(p, xp.asarray(u)) for p, u in fixed]
+        if recipe.resolves_consumer and ffn_cut:
+            new_consumer, shift = refit_consumer(units.f64, labels, ctx, module_seed(plan.seed, spec.name))
+            folded = [(p, xp.asarray(new_consumer) if p.role == "consumer" else u) for p, u in folded]
+        new_parts = folded if export == "folded" else expand(folded, xp.asarray(labels), m.k, xp)
+        outputs = [(p, from_units(to_host(xp, u).astype(np.float32), spec, p)) for p, u in new_parts]
+    if shift is None and (recipe.compensate or recipe.refit) and m.k < m.n_units:
+        shift = expected_contribution(units.f64, ctx)[labels < 0].sum(axis=0)
+    for part, tensor in outputs:
         writers[ckpt.where[part.tensor]].write(part.tensor, from_f32(tensor, ckpt.info(part.tensor).dtype))
     if shift is not None:
         if spec.consumer_bias is None:
@@ -276,6 +361,30 @@ def _compress_module(
         dtype = ckpt.info(spec.consumer_bias).dtype
         writers[ckpt.where[spec.consumer_bias]].write(spec.consumer_bias, from_f32(bias.astype(np.float32), dtype))
     return ModuleResult(m.name, m.n_units, m.k, rel, n_iter, init, time.monotonic() - t0)
+
+
+def _same_shape_means(
+    tensor: np.ndarray, units: np.ndarray, part: Part, spec: ModuleSpec, labels: np.ndarray, k: int, rule: Fusion
+) -> np.ndarray:
+    """The part's float32 tensor after folding the clustering ``labels`` and expanding it back
+    (every unit its cluster's mean; a consumer folded to its mean is divided by the size again
+    on expansion, as :func:`expand` does), computed from ``tensor`` / its unit matrix ``units``."""
+    divisions = 2 if part.role == "consumer" and not rule.consumer_sum else 1
+    if part.role == "consumer":  # units are column groups of the tensor: no transposed copies
+        return cluster_column_means(labels, tensor, spec.unit_rows, k, divisions=divisions)
+    return from_units(cluster_means(labels, units, k, divisions=divisions), spec, part)
+
+
+def unchanged(ckpt: Checkpoint, spec: ModuleSpec, m: ModulePlan, recipe: Recipe, export: str) -> bool:
+    """Whether compressing the module writes its tensors back as they are, but for the sign of
+    their zeros: K = N in the same shapes, each unit its own cluster, stored in a dtype the
+    float32 arithmetic holds exactly (a fusion that renormalises directions changes them)."""
+    return (
+        m.k == m.n_units
+        and export == "fused"
+        and not FUSIONS[recipe.fusion].producer_direction
+        and all(ckpt.info(p.tensor).dtype in EXACT_IN_F32 for p in spec.parts)
+    )
 
 
 def written_tensors(spec: ModuleSpec, recipe: Recipe) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import Recipe
-from .engine.rust import check_k, check_seed, uniform_plan, variance_plan
+from .engine.rust import check_k, check_seed, float64_sums, half_sums, uniform_plan, variance_plan
 from .errors import (
     InvalidArgumentError,
 )
@@ -23,10 +23,11 @@ from .io.checkpoint import Checkpoint
 from .io.palette import refuse_palettized
 from .io.resolve import resolve_model
 from .io.stats import ActivationStats
+from .memory import reused_heap
 from .models.checks import validate_checkpoint
 from .models.registry import unit_map
-from .models.units import ModuleSpec, to_units
-from .recipes.registries import FEATURES
+from .models.units import ModuleSpec, Part, to_units
+from .recipes.registries import FEATURES, SELECTIONS
 
 
 @dataclass(frozen=True)
@@ -117,17 +118,37 @@ def _compile(pattern: str | None, flag: str) -> re.Pattern[str] | None:
 
 
 def module_variance(ckpt: Checkpoint, spec: ModuleSpec, recipe: Recipe) -> float:
-    """Variance of the module's parameters (the parts the recipe's feature map uses)."""
+    """Variance of the module's parameters (the parts the recipe's feature map uses): their
+    sum and sum of squares added in float64 one unit matrix after the other, each in its
+    memory order. A selected part whose unit matrix holds the tensor's own order is summed
+    straight from its stored values."""
     total = total_sq = 0.0
     count = 0
-    parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
-    for block in FEATURES[recipe.feature](parts):
-        b = block.astype(np.float64)
-        total += float(b.sum())
-        total_sq += float((b * b).sum())
-        count += b.size
+    if recipe.feature in SELECTIONS:
+        chosen = [p for p in spec.parts if p.role in SELECTIONS[recipe.feature]]
+        sums = [stored_sums(ckpt, spec, p) for p in chosen]
+    else:
+        parts = [(p, to_units(ckpt.f32(p.tensor), spec, p)) for p in spec.parts]
+        sums = [(*float64_sums(b), b.size) for b in FEATURES[recipe.feature](parts)]
+    for p in spec.parts:
+        ckpt.drop_pages(p.tensor)
+    for block_sum, block_sq, size in sums:
+        total += block_sum
+        total_sq += block_sq
+        count += size
     mean = total / count
     return max(total_sq / count - mean * mean, 0.0)
+
+
+def stored_sums(ckpt: Checkpoint, spec: ModuleSpec, part: Part) -> tuple[float, float, int]:
+    """(sum, sum of squares, count) of a part's unit matrix as :func:`float64_sums` adds it."""
+    dtype = ckpt.info(part.tensor).dtype
+    in_unit_order = part.role != "consumer" or spec.unit_rows == 1  # else to_units reorders a copy
+    raw = ckpt.raw(part.tensor)
+    if in_unit_order and dtype in ("F16", "BF16"):
+        return (*half_sums(raw.reshape(-1).view(np.uint16), dtype == "BF16"), raw.size)
+    units = to_units(raw if dtype == "F32" else ckpt.f32(part.tensor), spec, part)
+    return (*float64_sums(units), units.size)
 
 
 def check_stats(recipe: Recipe, stats: ActivationStats | None, ckpt: Checkpoint) -> ActivationStats | None:
@@ -195,7 +216,8 @@ def make_plan(
                     f"sparsity {sparsity} of all compressible parameters cannot be reached by removing units of "
                     f"the {len(pool)} selected modules ({pool_params} of {compressible} parameters)"
                 )
-        variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
+        with reused_heap():  # each module's float64 copies reuse the pages the one before freed
+            variances = {s.name: module_variance(ckpt, s, recipe) for s in selected}
         pool_units = [s.n_units for s in pool]
         if not pool:
             pool_ks: list[int] = []

@@ -9,6 +9,7 @@ import pytest
 
 import clusterprune
 from clusterprune import _core
+from clusterprune.engine.rust import float64_sums, half_sums
 from clusterprune.errors import InvalidArgumentError, NonFiniteError
 
 
@@ -146,3 +147,39 @@ def test_kmeans_beats_or_matches_sklearn():
         ours = clusterprune.kmeans(x, k, 0).inertia
         theirs = sklearn.KMeans(k, n_init=1, random_state=0).fit(x).inertia_
         assert ours <= theirs * 1.01
+
+
+def test_float64_sums_are_numpys_float64_sums_bit_for_bit():
+    """The sum and the sum of squares of a float32 array as NumPy adds its float64 copy (pairwise,
+    in memory order), for C- and Fortran-ordered arrays, strided views, float64 input, sizes
+    around the pairwise block, negative zeros and values of wide magnitude."""
+    rng = np.random.default_rng(5)
+    shapes = [(0,), (1,), (7,), (8,), (128,), (129,), (5, 300), (300, 77), (64, 1030), (3, 4, 5), (70_001,)]
+    differs_from_a_plain_sum = False
+    for shape in shapes:
+        x = (rng.standard_normal(shape) * 10.0 ** rng.integers(-4, 5, shape)).astype(np.float32)
+        x.reshape(-1)[::11] = -0.0
+        for view in (x, x.T, np.asfortranarray(x), x[..., ::2], x.astype(np.float64)):
+            b = view.astype(np.float64)
+            want = (float(b.sum()).hex(), float((b * b).sum()).hex())
+            got = float64_sums(view)
+            assert (got[0].hex(), got[1].hex()) == want, (shape, view.flags)
+            if b.size:  # np.cumsum adds one value after the other
+                differs_from_a_plain_sum |= float(np.cumsum(b.reshape(-1))[-1]).hex() != want[0]
+    assert differs_from_a_plain_sum  # the data tell a pairwise sum from a sequential one
+
+
+def test_half_sums_are_numpys_float64_sums_of_the_values_bit_for_bit():
+    """float16 and bfloat16 bit patterns of every exponent, subnormals to the largest (their
+    squares span more bits than a float64 holds), against NumPy's sums of the converted values."""
+    rng = np.random.default_rng(8)
+    for n in (1, 100, 129, 5000, 70_001):
+        for bf16, exponent in ((False, 0x7C00), (True, 0x7F80)):
+            bits = rng.integers(0, 1 << 16, n, dtype=np.uint16)
+            top = np.uint16(exponent & -exponent)  # the exponent's lowest bit: cleared, Inf and NaN become finite
+            bits = np.where((bits & exponent) == exponent, bits & ~top, bits).astype(np.uint16)
+            values = _core.bf16_to_f32(bits) if bf16 else bits.view(np.float16)
+            b = np.asarray(values, dtype=np.float64)
+            want = (float(b.sum()).hex(), float((b * b).sum()).hex())
+            got = half_sums(bits, bf16)
+            assert (got[0].hex(), got[1].hex()) == want, (n, bf16)

@@ -12,8 +12,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clusterprune._core import bf16_to_f32
 from clusterprune.errors import CorruptCheckpointError
-from clusterprune.io.safetensors import ITEMSIZE, SafetensorsFile, SafetensorsWriter, first_non_finite, parse_header
+from clusterprune.io.safetensors import (
+    ITEMSIZE,
+    SafetensorsFile,
+    SafetensorsWriter,
+    first_non_finite,
+    parse_header,
+    positive_zeros,
+)
 
 DTYPES = sorted(ITEMSIZE)
 
@@ -135,3 +143,33 @@ def test_the_first_non_finite_half_is_the_one_isfinite_finds():
         expected = np.flatnonzero(~np.isfinite(a))
         got = first_non_finite(a.reshape(1, -1), "F16")
         assert got == (int(expected[0]) if expected.size else None)
+
+
+def test_positive_zeros_changes_the_sign_of_zeros_and_nothing_else():
+    rng = np.random.default_rng(2)
+    for dtype in (np.float16, np.float32, np.float64, np.uint16):  # uint16: bfloat16 storage
+        width = np.dtype(dtype).itemsize * 8
+        bits = rng.integers(0, 1 << min(width, 62), 1000, dtype=np.uint64).astype(f"<u{width // 8}")
+        bits[::5] = 1 << (width - 1)  # -0.0
+        bits[1::5] = 0  # +0.0
+        raw = bits.view(dtype).reshape(10, 100)
+        before = raw.copy()
+        out = positive_zeros(raw)
+        assert out.dtype == raw.dtype and out.shape == raw.shape
+        assert np.array_equal(raw.view(bits.dtype), before.view(bits.dtype)), "the input is not modified"
+        want = np.where(bits == 1 << (width - 1), 0, bits).astype(bits.dtype)
+        assert np.array_equal(out.reshape(-1).view(bits.dtype), want)
+
+
+def test_the_first_non_finite_bfloat16_is_the_one_isfinite_finds():
+    codes = np.arange(1 << 16, dtype=np.uint16)
+    finite = np.isfinite(bf16_to_f32(codes))
+    for code in range(1 << 16):
+        assert (first_non_finite(codes[code : code + 1], "BF16") is None) == bool(finite[code]), hex(code)
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        a = rng.choice(codes[finite], int(rng.integers(1, 200_000)))
+        for _ in range(int(rng.integers(0, 3))):  # none, one or two, anywhere
+            a[rng.integers(0, a.size)] = rng.choice(codes[~finite])
+        expected = np.flatnonzero(~np.isfinite(bf16_to_f32(a)))
+        assert first_non_finite(a, "BF16") == (int(expected[0]) if expected.size else None)

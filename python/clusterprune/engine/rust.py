@@ -10,7 +10,11 @@ import numpy as np
 from .._core import INIT_NAMES, PALETTE_BITS, PALETTE_METHODS, KMeansResult, PaletteResult, PlusPlusSampler
 from .._core import MAX_THREADS as _MAX_THREADS
 from .._core import WARD_MAX_N as _WARD_MAX_N
+from .._core import cluster_column_means as _cluster_column_means
+from .._core import cluster_means as _cluster_means
 from .._core import kmeans as _kmeans
+from .._core import pairwise_sums as _pairwise_sums
+from .._core import pairwise_sums_16 as _pairwise_sums_16
 from .._core import palettize as _palettize
 from .._core import top_k as _top_k
 from .._core import uniform_plan as _uniform_plan
@@ -41,6 +45,14 @@ def check_seed(seed: object) -> int:
     return int(seed)
 
 
+def resolved_init(init: str, n: int, k: int) -> str:
+    """The init a k-means run of K = ``k`` on ``n`` units really uses (``auto``: Ward's merges
+    when K >= N/2 and N <= WARD_MAX_N, else k-means++), as its result reports it."""
+    if init != "auto":
+        return init
+    return "ward" if n <= WARD_MAX_N and 2 * k >= n else "kmeans++"
+
+
 def check_threads(num_threads: object) -> int | None:
     if num_threads is None:
         return None
@@ -49,6 +61,47 @@ def check_threads(num_threads: object) -> int | None:
     if not 1 <= int(num_threads) <= MAX_THREADS:
         raise InvalidArgumentError(f"threads {num_threads} is outside [1, {MAX_THREADS}]")
     return int(num_threads)
+
+
+def float64_sums(x: np.ndarray) -> tuple[float, float]:
+    """The sum of ``x``'s values and of their squares in float64: bit for bit what
+    ``b = x.astype(np.float64); (b.sum(), (b * b).sum())`` gives (NumPy adds the copy in its memory
+    order, pairwise), without the float64 copy when ``x`` is a C- or Fortran-ordered float32 array."""
+    if x.dtype == np.float32 and x.flags.aligned and x.flags.c_contiguous:
+        return _pairwise_sums(x.reshape(-1))
+    if x.dtype == np.float32 and x.flags.aligned and x.flags.f_contiguous:
+        return _pairwise_sums(x.T.reshape(-1))  # x.T is C-ordered: its rows are x's memory order
+    b = x.astype(np.float64, copy=False)
+    return float(b.sum()), float((b * b).sum())
+
+
+def half_sums(bits: np.ndarray, bf16: bool) -> tuple[float, float]:
+    """:func:`float64_sums` of float16 (``bf16`` False) or bfloat16 values given as a vector of
+    uint16 bit patterns, without converting them to an array first."""
+    aligned = np.require(bits, dtype=np.uint16, requirements=["C", "A"])  # a copy when stored unaligned
+    return _pairwise_sums_16(aligned.reshape(-1), bool(bf16))
+
+
+def cluster_means(labels: np.ndarray, units: np.ndarray, k: int, *, divisions: int = 1) -> np.ndarray:
+    """(N, w) float32: each unit's row replaced by its cluster's float64 sum (rows added in row
+    order) divided by the cluster's size ``divisions`` times, rounded to float32; units labelled
+    -1 get zeros. What folding a clustering and expanding it back to N units computes."""
+    data = np.ascontiguousarray(units, dtype=np.float32)
+    if data.ndim != 2 or len(labels) != data.shape[0]:
+        raise InvalidArgumentError(f"{len(labels)} labels for a unit matrix of shape {data.shape}")
+    return _cluster_means(np.ascontiguousarray(labels, dtype=np.int64), data, int(k), int(divisions))
+
+
+def cluster_column_means(
+    labels: np.ndarray, matrix: np.ndarray, unit_columns: int, k: int, *, divisions: int = 1
+) -> np.ndarray:
+    """:func:`cluster_means` for units stored as columns: ``matrix`` (rows, N * unit_columns),
+    unit u owning columns u * unit_columns ... (u + 1) * unit_columns - 1; the same shape back."""
+    data = np.ascontiguousarray(matrix, dtype=np.float32)
+    if data.ndim != 2 or data.shape[1] != len(labels) * unit_columns:
+        raise InvalidArgumentError(f"{len(labels)} units of {unit_columns} columns for a matrix of shape {data.shape}")
+    labels64 = np.ascontiguousarray(labels, dtype=np.int64)
+    return _cluster_column_means(labels64, data, int(unit_columns), int(k), int(divisions))
 
 
 def kmeans(
@@ -139,4 +192,17 @@ def ward_merge(costs: np.ndarray, k: int) -> np.ndarray:
     return _ward_merge(np.ascontiguousarray(costs, dtype=np.float64), check_k(k))
 
 
-__all__ = ["INITS", "MAX_THREADS", "WARD_MAX_N", "KMeansResult", "PlusPlusSampler", "kmeans", "top_k"]
+__all__ = [
+    "INITS",
+    "MAX_THREADS",
+    "WARD_MAX_N",
+    "KMeansResult",
+    "PlusPlusSampler",
+    "cluster_column_means",
+    "cluster_means",
+    "float64_sums",
+    "half_sums",
+    "kmeans",
+    "resolved_init",
+    "top_k",
+]

@@ -22,7 +22,7 @@ import numpy as np
 
 from .._core import segment_sum as _segment_sum
 from ..errors import DeviceUnavailableError, InvalidArgumentError, NonFiniteError
-from .rust import INITS, WARD_MAX_N, KMeansResult, PlusPlusSampler, check_k, check_seed, ward_merge
+from .rust import INITS, KMeansResult, PlusPlusSampler, check_k, check_seed, resolved_init, ward_merge
 
 WARD_EXACT_N = 128  # the engine's ROW_BLOCK: up to this many units Ward's costs are exact f64
 
@@ -169,7 +169,7 @@ def kmeans_xp(
         raise NonFiniteError(f"non-finite value (NaN or Inf) in unit {row} at position {col}")
     if init not in INITS:
         raise InvalidArgumentError(f"unknown k-means init '{init}' (expected {', '.join(INITS)})")
-    used = init if init != "auto" else ("ward" if n <= WARD_MAX_N and 2 * k >= n else "kmeans++")
+    used = resolved_init(init, n, k)
     if k == n:
         return _result(np.arange(n), to_host(xp, x), [0.0], 0, True, used)
     if used == "ward":

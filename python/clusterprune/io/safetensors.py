@@ -12,13 +12,14 @@ import json
 import mmap
 import os
 import struct
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .._core import bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16
+from .._core import bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16, first_non_finite_16
 from ..errors import CorruptCheckpointError, UnsupportedModelError
 
 # safetensors dtype -> numpy storage dtype (bf16 as its uint16 bit pattern)
@@ -278,14 +279,24 @@ def from_f32(values: np.ndarray, dtype: str) -> np.ndarray:
     raise UnsupportedModelError(f"cannot store dtype {dtype}")
 
 
+EXACT_IN_F32 = ("F32", "F16", "BF16")  # storage dtypes float32 holds exactly
+
+
+def positive_zeros(raw: np.ndarray) -> np.ndarray:
+    """A copy of a float storage array with every -0.0 made +0.0, as a sum with +0.0 makes it
+    (the bytes of the other values unchanged)."""
+    bits = np.array(raw).view(f"<u{raw.dtype.itemsize}")
+    bits[bits == 1 << (8 * raw.dtype.itemsize - 1)] = 0
+    return bits.view(raw.dtype)
+
+
 def first_non_finite(raw: np.ndarray, dtype: str) -> int | None:
     """Flat index of the first NaN/Inf in a storage array, or None."""
     flat = raw.reshape(-1)
-    if dtype == "BF16":
-        bad = (flat & 0x7F80) == 0x7F80
-    elif dtype == "F16":  # exponent bits all set: what np.isfinite refuses, without converting each half
-        bad = (flat.view(np.uint16) & 0x7C00) == 0x7C00
-    elif dtype in FLOAT_DTYPES:
+    if dtype in ("F16", "BF16"):  # exponent bits all set: what np.isfinite refuses, without converting
+        bits = np.require(flat.view(np.uint16), requirements=["C", "A"])  # a copy when stored unaligned
+        return first_non_finite_16(bits, dtype == "BF16")
+    if dtype in FLOAT_DTYPES:
         bad = ~np.isfinite(flat)
     else:
         return None
@@ -293,9 +304,12 @@ def first_non_finite(raw: np.ndarray, dtype: str) -> int | None:
     return int(idx[0]) if idx.size else None
 
 
+EARLY_WRITEBACK = 1 << 20  # tensors of this many bytes or more are handed to the disk as written
+
+
 class SafetensorsWriter:
     """Writes one safetensors file whose tensor table is known in advance; tensors may arrive in
-    any order. Call :meth:`close` once every tensor was written."""
+    any order, from any thread. Call :meth:`close` once every tensor was written."""
 
     def __init__(
         self,
@@ -328,6 +342,7 @@ class SafetensorsWriter:
         self._digest_at = 8 + blob.find(field + PLACEHOLDER.encode()) + len(field) if digest else -1
         self._start = 8 + len(blob)
         self._pending = set(self._layout)
+        self._lock = threading.Lock()
         self._fh = open(self.path, "wb")
         self._fh.write(struct.pack("<Q", len(blob)) + blob)
         self._fh.truncate(self._start + offset)
@@ -337,16 +352,23 @@ class SafetensorsWriter:
         if isinstance(data, np.ndarray):
             if tuple(data.shape) != shape:
                 raise AssertionError(f"{name}: writing shape {data.shape}, declared {shape}")
-            buf = np.ascontiguousarray(data, dtype=STORAGE[dtype]).tobytes()
+            # the array's own bytes, not a copy of them
+            buf = memoryview(np.ascontiguousarray(data, dtype=STORAGE[dtype]).reshape(-1).view(np.uint8))
         else:
-            buf = bytes(data)
-        if len(buf) != nbytes:
-            raise AssertionError(f"{name}: {len(buf)} bytes, declared {nbytes}")
-        self._fh.seek(self._start + offset)
-        self._fh.write(buf)
-        self._pending.discard(name)
-        if self._digests is not None:
-            self._digests[name] = hashlib.blake2b(buf, digest_size=DIGEST_SIZE).hexdigest()
+            buf = memoryview(data).cast("B")
+        if buf.nbytes != nbytes:
+            raise AssertionError(f"{name}: {buf.nbytes} bytes, declared {nbytes}")
+        digest = hashlib.blake2b(buf, digest_size=DIGEST_SIZE).hexdigest() if self._digests is not None else ""
+        with self._lock:
+            self._fh.seek(self._start + offset)
+            self._fh.write(buf)
+            if nbytes >= EARLY_WRITEBACK and hasattr(os, "posix_fadvise"):
+                # the disk starts writing these bytes now, not all of them at the closing fsync
+                self._fh.flush()
+                os.posix_fadvise(self._fh.fileno(), self._start + offset, nbytes, os.POSIX_FADV_DONTNEED)
+            self._pending.discard(name)
+            if self._digests is not None:
+                self._digests[name] = digest
 
     def close(self) -> None:
         if self._pending:

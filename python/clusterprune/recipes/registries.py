@@ -28,11 +28,21 @@ def _unit_normalised(mats: list[np.ndarray]) -> list[np.ndarray]:
     return [b * scale for b in mats]
 
 
+# the features that are some of the unit matrices as they are (their values in any dtype): the
+# roles of the parts they select, in part order
+SELECTIONS: dict[str, tuple[str, ...]] = {
+    "weights": ("producer", "consumer"),  # paper: producer and consumer weights concatenated
+    "weights+bias": ("producer", "bias", "consumer"),
+    "producer": ("producer", "bias"),
+}
+
+
+def _selection(roles: tuple[str, ...]) -> Callable[[UnitParts], list[np.ndarray]]:
+    return lambda parts: blocks(parts, roles)
+
+
 FEATURES: dict[str, Callable[[UnitParts], list[np.ndarray]]] = {
-    # paper: producer and consumer weights concatenated
-    "weights": lambda parts: blocks(parts, ("producer", "consumer")),
-    "weights+bias": lambda parts: blocks(parts, ("producer", "bias", "consumer")),
-    "producer": lambda parts: blocks(parts, ("producer", "bias")),
+    **{name: _selection(roles) for name, roles in SELECTIONS.items()},
     # the direction of the producer weights (cosine geometry), scale left to the fusion rule
     "direction": lambda parts: _unit_normalised(blocks(parts, ("producer",))),
 }

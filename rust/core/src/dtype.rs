@@ -28,6 +28,21 @@ pub fn bf16_to_f32(bits: &[u16]) -> Vec<f32> {
     convert(bits, |b| bf16::from_bits(b).to_f32())
 }
 
+/// Exponent bits of f16 and bf16: all set means infinite or NaN.
+pub const F16_EXPONENT: u16 = 0x7C00;
+pub const BF16_EXPONENT: u16 = 0x7F80;
+
+/// Index of the first 16-bit float (bit patterns) whose `exponent` bits are all set: the first
+/// infinite or NaN value. Chunks are searched in parallel; the answer is the first in order.
+pub fn first_non_finite_16(bits: &[u16], exponent: u16) -> Option<usize> {
+    let bad = |b: &u16| b & exponent == exponent;
+    let chunk = bits
+        .par_chunks(CHUNK)
+        .position_first(|c| c.iter().any(bad))?;
+    let start = chunk * CHUNK;
+    bits[start..].iter().position(bad).map(|p| start + p)
+}
+
 /// f32 to half-precision bit patterns (round to nearest even; overflow gives +-Inf).
 pub fn f32_to_f16(values: &[f32]) -> Vec<u16> {
     convert(values, |v| f16::from_f32(v).to_bits())
@@ -41,6 +56,24 @@ pub fn f32_to_bf16(values: &[f32]) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_non_finite_16_bit_float_is_found_in_any_chunk() {
+        for (exponent, inf, nan, finite) in [
+            (F16_EXPONENT, 0x7C00u16, 0xFE00u16, 0x7BFFu16),
+            (BF16_EXPONENT, 0x7F80, 0xFFC1, 0x7F7F),
+        ] {
+            let mut bits = vec![finite; 3 * CHUNK + 17];
+            assert_eq!(first_non_finite_16(&bits, exponent), None);
+            assert_eq!(first_non_finite_16(&[], exponent), None);
+            bits[3 * CHUNK + 5] = nan;
+            assert_eq!(first_non_finite_16(&bits, exponent), Some(3 * CHUNK + 5));
+            bits[2 * CHUNK - 1] = inf | 0x8000; // -inf, at the end of a chunk
+            assert_eq!(first_non_finite_16(&bits, exponent), Some(2 * CHUNK - 1));
+            bits[7] = inf;
+            assert_eq!(first_non_finite_16(&bits, exponent), Some(7));
+        }
+    }
 
     #[test]
     fn bf16_round_trip_is_exact_for_representable_values() {

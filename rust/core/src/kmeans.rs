@@ -20,8 +20,13 @@ use rayon::prelude::*;
 
 /// Largest N for which Ward initialisation (an N x N f64 matrix) is used by `Init::Auto`.
 pub const WARD_MAX_N: usize = 8192;
-/// Rows per GEMM block in the distance step (fixed: independent of the thread count).
+/// Up to this many units, Ward's pairwise costs are exact f64 distances, one pair per task.
 const ROW_BLOCK: usize = 128;
+/// Rows per GEMM block in the distance steps (fixed: independent of the thread count; a dot
+/// product's value does not depend on the block it is computed in).
+const GEMM_BLOCK: usize = 512;
+/// Side of the square tiles in which a matrix's upper triangle is copied to its lower one.
+const MIRROR_TILE: usize = 64;
 
 /// The names [`Init::parse`] accepts, in the order the documentation lists them.
 pub const INIT_NAMES: [&str; 3] = ["auto", "kmeans++", "ward"];
@@ -121,14 +126,18 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
             init,
         });
     }
-    let mut assign = match init {
-        Init::Ward => ward_assignments(data, n, d, k),
+    // Ward's pairwise dot products, when it computed them, serve the first Lloyd step
+    let (mut assign, mut pair_dots) = match init {
+        Init::Ward => {
+            let ward = ward_assignments(data, n, d, k);
+            (ward.assign, ward.pair_dots)
+        }
         _ => {
             let seeds = kmeanspp_centroids(data, n, d, k, cfg.seed);
             let mut assign = nearest_all(data, n, d, &seeds, k);
             let mut own: Vec<f64> = own_distances(data, d, &seeds, &assign);
             fill_empty_clusters(&mut assign, &mut own, k);
-            assign
+            (assign, None)
         }
     };
     let mut centroids = vec![0f32; k * d];
@@ -140,7 +149,10 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
     let mut converged = false;
     while n_iter < cfg.max_iter {
         let movable: Vec<usize> = (0..n).filter(|&i| own[i] > 0.0).collect();
-        let candidates = nearest_rows(data, d, &movable, &centroids, k);
+        let candidates = match pair_dots.take() {
+            Some(dots) => nearest_rows_known(data, d, &movable, &centroids, k, &assign, &dots),
+            None => nearest_rows(data, d, &movable, &centroids, k),
+        };
         let moves: Vec<Option<(u32, f64)>> = movable
             .par_iter()
             .zip(candidates.par_iter())
@@ -294,7 +306,7 @@ fn fill_empty_clusters(assign: &mut [u32], own: &mut [f64], k: usize) -> usize {
 /// listed rows.
 fn nearest_rows(data: &[f32], d: usize, rows: &[usize], centroids: &[f32], k: usize) -> Vec<u32> {
     let cnorm: Vec<f64> = centroids.par_chunks(d.max(1)).map(sq_norm).collect();
-    rows.par_chunks(ROW_BLOCK)
+    rows.par_chunks(GEMM_BLOCK)
         .map(|block| {
             let mut gathered = Vec::with_capacity(block.len() * d);
             for &i in block {
@@ -303,17 +315,77 @@ fn nearest_rows(data: &[f32], d: usize, rows: &[usize], centroids: &[f32], k: us
             let mut dots = vec![0f32; block.len() * k];
             cross_dots(&gathered, block.len(), centroids, k, d, &mut dots);
             dots.chunks(k)
-                .map(|r| {
-                    let mut best = 0usize;
-                    let mut best_score = f64::INFINITY;
-                    for (j, &dot) in r.iter().enumerate() {
-                        let score = cnorm[j] - 2.0 * dot as f64;
-                        if score < best_score {
-                            best_score = score;
-                            best = j;
+                .map(|r| best_score(&cnorm, |j| r[j]))
+                .collect::<Vec<u32>>()
+        })
+        .collect::<Vec<_>>()
+        .concat()
+}
+
+/// The centroid of least score |c_j|^2 - 2 x.c_j given each dot product (ties: lowest index).
+#[inline]
+fn best_score(cnorm: &[f64], dot: impl Fn(usize) -> f32) -> u32 {
+    let mut best = 0usize;
+    let mut best_score = f64::INFINITY;
+    for (j, &norm) in cnorm.iter().enumerate() {
+        let score = norm - 2.0 * dot(j) as f64;
+        if score < best_score {
+            best_score = score;
+            best = j;
+        }
+    }
+    best as u32
+}
+
+/// [`nearest_rows`] when the dot products of every pair of units are known (`pair_dots`, row-major
+/// N x N, as the same GEMM computes them): the centroid of a one-unit cluster is that unit's
+/// row, so only the other centroids' dot products are computed. The same answer, bit for bit.
+fn nearest_rows_known(
+    data: &[f32],
+    d: usize,
+    rows: &[usize],
+    centroids: &[f32],
+    k: usize,
+    assign: &[u32],
+    pair_dots: &[f32],
+) -> Vec<u32> {
+    let n = assign.len();
+    let cnorm: Vec<f64> = centroids.par_chunks(d.max(1)).map(sq_norm).collect();
+    let mut size = vec![0usize; k];
+    let mut member = vec![0usize; k];
+    for (i, &a) in assign.iter().enumerate() {
+        size[a as usize] += 1;
+        member[a as usize] = i;
+    }
+    let others: Vec<usize> = (0..k).filter(|&j| size[j] != 1).collect();
+    let mut column = vec![usize::MAX; k]; // position of centroid j among the others
+    let mut other_rows = Vec::with_capacity(others.len() * d);
+    for (p, &j) in others.iter().enumerate() {
+        column[j] = p;
+        other_rows.extend_from_slice(row(centroids, d, j));
+    }
+    let m = others.len();
+    rows.par_chunks(GEMM_BLOCK)
+        .map(|block| {
+            let mut gathered = Vec::with_capacity(block.len() * d);
+            for &i in block {
+                gathered.extend_from_slice(row(data, d, i));
+            }
+            let mut dots = vec![0f32; block.len() * m];
+            cross_dots(&gathered, block.len(), &other_rows, m, d, &mut dots);
+            block
+                .iter()
+                .enumerate()
+                .map(|(r, &i)| {
+                    let known = &pair_dots[i * n..(i + 1) * n];
+                    let computed = &dots[r * m..(r + 1) * m];
+                    best_score(&cnorm, |j| {
+                        if size[j] == 1 {
+                            known[member[j]]
+                        } else {
+                            computed[column[j]]
                         }
-                    }
-                    best as u32
+                    })
                 })
                 .collect::<Vec<u32>>()
         })
@@ -425,11 +497,33 @@ fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> 
     centroids
 }
 
+/// Ward's initial clusters, and the f32 dot products of every pair of units when they were
+/// computed by GEMM (row-major N x N, symmetric).
+struct WardInit {
+    assign: Vec<u32>,
+    pair_dots: Option<Vec<f32>>,
+}
+
+/// Copies the upper triangle of the row-major `n x n` matrix `m` to its lower triangle, one
+/// square tile at a time (a plain column walk misses the cache on every value).
+fn mirror_upper<T: Copy>(m: &mut [T], n: usize) {
+    for ib in (0..n).step_by(MIRROR_TILE) {
+        for jb in (0..=ib).step_by(MIRROR_TILE) {
+            for i in ib..(ib + MIRROR_TILE).min(n) {
+                for j in jb..(jb + MIRROR_TILE).min(i) {
+                    m[i * n + j] = m[j * n + i];
+                }
+            }
+        }
+    }
+}
+
 /// Ward agglomeration from N singletons down to K clusters. The merge cost of clusters A and B
 /// is the rise in the sum of squares, |A||B|/(|A|+|B|) |c_A - c_B|^2, updated by the
 /// Lance-Williams recurrence. Returns cluster labels 0..K in order of each cluster's first unit.
-fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
+fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
     let mut w = vec![0f64; n * n];
+    let mut pair_dots = None;
     if n <= ROW_BLOCK {
         // Few, long units (attention heads): exact f64 distances, one pair per task.
         let pairs: Vec<(usize, usize)> = (0..n)
@@ -446,12 +540,17 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
             w[i * n + i] = f64::INFINITY;
         }
     } else {
-        let norms: Vec<f64> = data.par_chunks(d.max(1)).map(sq_norm).collect();
+        let norms: Vec<f64> = (0..n)
+            .into_par_iter()
+            .map(|i| sq_norm(row(data, d, i)))
+            .collect();
+        let mut all_dots = vec![0f32; n * n];
         // Upper triangle of the pairwise costs, one block of rows at a time (GEMM), then mirrored.
-        w.par_chunks_mut(ROW_BLOCK * n)
+        w.par_chunks_mut(GEMM_BLOCK * n)
+            .zip(all_dots.par_chunks_mut(GEMM_BLOCK * n))
             .enumerate()
-            .for_each(|(b, out)| {
-                let lo = b * ROW_BLOCK;
+            .for_each(|(b, (out, kept))| {
+                let lo = b * GEMM_BLOCK;
                 let rows = out.len() / n;
                 let mut dots = vec![0f32; rows * (n - lo)];
                 cross_dots(
@@ -464,20 +563,22 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> Vec<u32> {
                 );
                 for r in 0..rows {
                     let i = lo + r;
-                    for j in i..n {
-                        let dot = dots[r * (n - lo) + (j - lo)] as f64;
-                        let d2 = (norms[i] + norms[j] - 2.0 * dot).max(0.0);
+                    let computed = &dots[r * (n - lo) + (i - lo)..(r + 1) * (n - lo)];
+                    kept[r * n + i..(r + 1) * n].copy_from_slice(computed);
+                    for (j, &dot) in (i..n).zip(computed) {
+                        let d2 = (norms[i] + norms[j] - 2.0 * dot as f64).max(0.0);
                         out[r * n + j] = if i == j { f64::INFINITY } else { 0.5 * d2 };
                     }
                 }
             });
+        mirror_upper(&mut all_dots, n);
+        pair_dots = Some(all_dots);
     }
-    for i in 0..n {
-        for j in 0..i {
-            w[i * n + j] = w[j * n + i];
-        }
+    mirror_upper(&mut w, n);
+    WardInit {
+        assign: ward_merge_unchecked(w, n, k),
+        pair_dots,
     }
-    ward_merge_unchecked(w, n, k)
 }
 
 /// Ward agglomeration from a precomputed cost matrix: `costs` is the row-major N x N matrix of
@@ -516,11 +617,12 @@ fn ward_merge_unchecked(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
     let mut active = vec![true; n];
     let mut size = vec![1f64; n];
     let mut parent: Vec<usize> = (0..n).collect();
+    // the first active unit other than i of least cost in row i (ties: lowest index)
     let nearest = |w: &[f64], active: &[bool], i: usize| -> (usize, f64) {
         let mut best = (usize::MAX, f64::INFINITY);
-        for (j, &a) in active.iter().enumerate() {
-            if a && j != i && (best.0 == usize::MAX || w[i * n + j] < best.1) {
-                best = (j, w[i * n + j]);
+        for (j, (&v, &a)) in w[i * n..(i + 1) * n].iter().zip(active).enumerate() {
+            if a && j != i && (best.0 == usize::MAX || v < best.1) {
+                best = (j, v);
             }
         }
         best
@@ -559,9 +661,10 @@ fn ward_merge_unchecked(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
             }
             if nn[c] == a || nn[c] == b {
                 (nn[c], nnc[c]) = nearest(&w, &active, c);
-            } else if w[c * n + a] < nnc[c] || (w[c * n + a] == nnc[c] && a < nn[c]) {
+            } else if w[a * n + c] < nnc[c] || (w[a * n + c] == nnc[c] && a < nn[c]) {
+                // w[a * n + c] = w[c * n + a] (kept symmetric above), read along a row
                 nn[c] = a;
-                nnc[c] = w[c * n + a];
+                nnc[c] = w[a * n + c];
             }
         }
     }

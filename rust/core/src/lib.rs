@@ -8,6 +8,7 @@
 //! * [`dtype`]: f16 / bf16 <-> f32 conversion for checkpoint storage.
 //! * [`bitpack`]: table indices packed into a bit stream and back.
 //! * [`segment`]: sums of matrix rows per label.
+//! * [`sums`]: float64 sums of f32 values in NumPy's order.
 //!
 //! Nothing here knows about Python, files or model families: inputs are plain slices.
 
@@ -21,5 +22,6 @@ pub mod palette;
 mod rng;
 pub mod segment;
 pub mod select;
+pub mod sums;
 
 pub use error::CoreError;

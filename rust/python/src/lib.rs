@@ -3,7 +3,7 @@
 //! it releases the GIL around heavy work and keeps one rayon pool per requested thread count.
 
 use clusterprune_core::{
-    allocate, bitpack, dtype, kmeans as km, palette as pal, segment, select, CoreError,
+    allocate, bitpack, dtype, kmeans as km, palette as pal, segment, select, sums, CoreError,
 };
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyArrayMethods, PyReadonlyArray1,
@@ -359,6 +359,23 @@ fn f16_to_f32<'py>(
     convert(py, bits, dtype::f16_to_f32)
 }
 
+/// Index of the first infinite or NaN value of a vector of float16 (`bf16` false) or bfloat16
+/// bit patterns, or None.
+#[pyfunction]
+fn first_non_finite_16(
+    py: Python<'_>,
+    bits: PyReadonlyArray1<'_, u16>,
+    bf16: bool,
+) -> PyResult<Option<usize>> {
+    let data = bits.as_slice()?;
+    let exponent = if bf16 {
+        dtype::BF16_EXPONENT
+    } else {
+        dtype::F16_EXPONENT
+    };
+    Ok(py.detach(|| dtype::first_non_finite_16(data, exponent)))
+}
+
 /// bfloat16 bit patterns (uint16) to float32.
 #[pyfunction]
 fn bf16_to_f32<'py>(
@@ -429,6 +446,65 @@ fn segment_sum<'py>(
     PyArray1::from_vec(py, out).reshape([k, cols])
 }
 
+/// (N, w) float32 same-shape means of a clustering (see `segment::cluster_means`).
+#[pyfunction]
+fn cluster_means<'py>(
+    py: Python<'py>,
+    labels: PyReadonlyArray1<'py, i64>,
+    x: PyReadonlyArray2<'py, f32>,
+    k: usize,
+    divisions: u32,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (n, cols) = (x.shape()[0], x.shape()[1]);
+    let (l, data) = (labels.as_slice()?, x.as_slice()?);
+    let out = py
+        .detach(|| segment::cluster_means(l, data, cols, k, divisions))
+        .map_err(to_py_err)?;
+    PyArray1::from_vec(py, out).reshape([n, cols])
+}
+
+/// Same-shape cluster means of units stored as columns (see `segment::cluster_column_means`).
+#[pyfunction]
+fn cluster_column_means<'py>(
+    py: Python<'py>,
+    labels: PyReadonlyArray1<'py, i64>,
+    x: PyReadonlyArray2<'py, f32>,
+    r: usize,
+    k: usize,
+    divisions: u32,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    let (l, data) = (labels.as_slice()?, x.as_slice()?);
+    let out = py
+        .detach(|| segment::cluster_column_means(l, data, r, k, divisions))
+        .map_err(to_py_err)?;
+    PyArray1::from_vec(py, out).reshape([rows, cols])
+}
+
+/// (sum, sum of squares) of a float32 vector's values in float64, added in NumPy's order.
+#[pyfunction]
+fn pairwise_sums(py: Python<'_>, x: PyReadonlyArray1<'_, f32>) -> PyResult<(f64, f64)> {
+    let data = x.as_slice()?;
+    Ok(py.detach(|| sums::pairwise_sums(data)))
+}
+
+/// `pairwise_sums` of float16 (`bf16` false) or bfloat16 values given as uint16 bit patterns.
+#[pyfunction]
+fn pairwise_sums_16(
+    py: Python<'_>,
+    bits: PyReadonlyArray1<'_, u16>,
+    bf16: bool,
+) -> PyResult<(f64, f64)> {
+    let data = bits.as_slice()?;
+    Ok(py.detach(|| {
+        if bf16 {
+            sums::pairwise_sums_bf16(data)
+        } else {
+            sums::pairwise_sums_f16(data)
+        }
+    }))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kmeans, m)?)?;
@@ -447,11 +523,16 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(variance_plan, m)?)?;
     m.add_function(wrap_pyfunction!(f16_to_f32, m)?)?;
     m.add_function(wrap_pyfunction!(bf16_to_f32, m)?)?;
+    m.add_function(wrap_pyfunction!(first_non_finite_16, m)?)?;
     m.add_function(wrap_pyfunction!(f32_to_f16, m)?)?;
     m.add_function(wrap_pyfunction!(f32_to_bf16, m)?)?;
     m.add_function(wrap_pyfunction!(pack_indices, m)?)?;
     m.add_function(wrap_pyfunction!(unpack_indices, m)?)?;
     m.add_function(wrap_pyfunction!(segment_sum, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster_means, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster_column_means, m)?)?;
+    m.add_function(wrap_pyfunction!(pairwise_sums, m)?)?;
+    m.add_function(wrap_pyfunction!(pairwise_sums_16, m)?)?;
     m.add("WARD_MAX_N", km::WARD_MAX_N)?;
     Ok(())
 }

@@ -292,7 +292,7 @@ fn ward_merge_from_a_cost_matrix_matches_ward_init() {
             }
         }
         let labels = ward_merge(costs, n, k).unwrap();
-        let engine = ward_assignments(&data, n, d, k);
+        let engine = ward_assignments(&data, n, d, k).assign;
         if n <= ROW_BLOCK {
             assert_eq!(labels, engine, "n={n}");
         }
@@ -363,4 +363,90 @@ fn plusplus_sampler_follows_the_reference_draws() {
     assert!(sampler.next(&[0.0; 3]).is_err());
     assert!(sampler.next(&vec![f64::NAN; n]).is_err());
     assert!(PlusPlusSampler::new(0, 1).is_err());
+}
+
+#[test]
+fn wards_pair_dots_are_the_dots_the_distance_step_computes() {
+    // the first Lloyd step reads them in place of its own GEMM: they must be the same numbers
+    for &(n, d, seed) in &[
+        (129usize, 1usize, 1u64),
+        (300, 7, 2),
+        (700, 300, 3),
+        (1030, 33, 4),
+    ] {
+        let data = random_matrix(n, d, seed);
+        let dots = ward_assignments(&data, n, d, n / 2 + 1)
+            .pair_dots
+            .expect("GEMM pairwise step above ROW_BLOCK units");
+        let mut direct = vec![0f32; n * n];
+        cross_dots(&data, n, &data, n, d, &mut direct);
+        for i in 0..n {
+            for j in 0..n {
+                assert_eq!(
+                    dots[i * n + j].to_bits(),
+                    direct[i * n + j].to_bits(),
+                    "({i}, {j}) n={n} d={d}"
+                );
+            }
+        }
+    }
+    assert!(
+        ward_assignments(&random_matrix(ROW_BLOCK, 3, 5), ROW_BLOCK, 3, 70)
+            .pair_dots
+            .is_none()
+    );
+    // units of no width: every distance 0, a Ward run and its first Lloyd step still answer
+    let r = kmeans(&[], 200, 0, &KMeansConfig::new(150)).unwrap();
+    assert_eq!((r.assignments.len(), r.inertia), (200, 0.0));
+}
+
+#[test]
+fn the_nearest_step_with_known_dots_picks_what_the_full_gemm_picks() {
+    let mut rng = SplitMix64::new(21);
+    for case in 0..24 {
+        let n = 150 + rng.below(500);
+        let d = [1usize, 2, 5, 64, 257][case % 5];
+        let mut data = random_matrix(n, d, case as u64 + 100);
+        match case % 4 {
+            1 => {
+                // duplicate units: equal scores, the lowest index must win in both
+                for i in (0..n).step_by(3) {
+                    let src = row(&data, d, 0).to_vec();
+                    data[i * d..(i + 1) * d].copy_from_slice(&src);
+                }
+            }
+            2 => data.iter_mut().take(n * d / 3).for_each(|v| *v = 0.0), // all-zero units
+            3 => data.iter_mut().for_each(|v| *v = (*v * 3.0).round()), // coarse values: exact ties
+            _ => {}
+        }
+        let k = n / 2 + rng.below(n / 2);
+        // an assignment with one-unit clusters and larger ones (and, for some, empty ones)
+        let mut assign: Vec<u32> = (0..n).map(|i| (i % k) as u32).collect();
+        for _ in 0..n / 4 {
+            let i = rng.below(n);
+            assign[i] = rng.below(k) as u32;
+        }
+        let mut centroids = vec![0f32; k * d];
+        update_centroids(&data, d, &assign, k, &mut centroids);
+        let mut pair_dots = vec![0f32; n * n];
+        cross_dots(&data, n, &data, n, d, &mut pair_dots);
+        let rows: Vec<usize> = (0..n).filter(|_| rng.below(3) > 0).collect();
+        let full = nearest_rows(&data, d, &rows, &centroids, k);
+        let known = nearest_rows_known(&data, d, &rows, &centroids, k, &assign, &pair_dots);
+        assert_eq!(full, known, "case {case}: n={n} d={d} k={k}");
+    }
+}
+
+#[test]
+fn mirroring_copies_the_upper_triangle_for_every_size() {
+    for n in [0usize, 1, 2, 63, 64, 65, 130] {
+        let mut m: Vec<u64> = (0..n * n).map(|v| v as u64).collect();
+        mirror_upper(&mut m, n);
+        for i in 0..n {
+            for j in 0..n {
+                let (a, b) = (i.min(j), i.max(j));
+                assert_eq!(m[i * n + j], (a * n + b) as u64, "n={n} ({i}, {j})");
+            }
+        }
+    }
 }

@@ -7,6 +7,7 @@ str -> str), then the data buffer. bfloat16 tensors are exposed as uint16 bit pa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import mmap
@@ -365,7 +366,8 @@ class SafetensorsWriter:
             if nbytes >= EARLY_WRITEBACK and hasattr(os, "posix_fadvise"):
                 # the disk starts writing these bytes now, not all of them at the closing fsync
                 self._fh.flush()
-                os.posix_fadvise(self._fh.fileno(), self._start + offset, nbytes, os.POSIX_FADV_DONTNEED)
+                with contextlib.suppress(OSError):  # a hint: a file system may not take it
+                    os.posix_fadvise(self._fh.fileno(), self._start + offset, nbytes, os.POSIX_FADV_DONTNEED)
             self._pending.discard(name)
             if self._digests is not None:
                 self._digests[name] = digest

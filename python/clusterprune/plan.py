@@ -22,6 +22,7 @@ from .errors import (
 from .io.checkpoint import Checkpoint
 from .io.palette import refuse_palettized
 from .io.resolve import resolve_model
+from .io.safetensors import to_f32
 from .io.stats import ActivationStats
 from .memory import reused_heap
 from .models.checks import validate_checkpoint
@@ -147,7 +148,7 @@ def stored_sums(ckpt: Checkpoint, spec: ModuleSpec, part: Part) -> tuple[float, 
     raw = ckpt.raw(part.tensor)
     if in_unit_order and dtype in ("F16", "BF16"):
         return (*half_sums(raw.reshape(-1).view(np.uint16), dtype == "BF16"), raw.size)
-    units = to_units(raw if dtype == "F32" else ckpt.f32(part.tensor), spec, part)
+    units = to_units(raw if dtype == "F32" else to_f32(raw, dtype), spec, part)
     return (*float64_sums(units), units.size)
 
 

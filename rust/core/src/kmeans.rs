@@ -226,6 +226,15 @@ fn row(data: &[f32], d: usize, i: usize) -> &[f32] {
     &data[i * d..(i + 1) * d]
 }
 
+/// The listed rows of the row-major matrix `data` (`d` columns), one after the other.
+fn gather_rows(data: &[f32], d: usize, rows: &[usize]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows.len() * d);
+    for &i in rows {
+        out.extend_from_slice(row(data, d, i));
+    }
+    out
+}
+
 /// Exact f64 distance of every unit to its assigned centroid.
 fn own_distances(data: &[f32], d: usize, centroids: &[f32], assign: &[u32]) -> Vec<f64> {
     (0..assign.len())
@@ -308,10 +317,7 @@ fn nearest_rows(data: &[f32], d: usize, rows: &[usize], centroids: &[f32], k: us
     let cnorm: Vec<f64> = centroids.par_chunks(d.max(1)).map(sq_norm).collect();
     rows.par_chunks(GEMM_BLOCK)
         .map(|block| {
-            let mut gathered = Vec::with_capacity(block.len() * d);
-            for &i in block {
-                gathered.extend_from_slice(row(data, d, i));
-            }
+            let gathered = gather_rows(data, d, block);
             let mut dots = vec![0f32; block.len() * k];
             cross_dots(&gathered, block.len(), centroids, k, d, &mut dots);
             dots.chunks(k)
@@ -359,18 +365,14 @@ fn nearest_rows_known(
     }
     let others: Vec<usize> = (0..k).filter(|&j| size[j] != 1).collect();
     let mut column = vec![usize::MAX; k]; // position of centroid j among the others
-    let mut other_rows = Vec::with_capacity(others.len() * d);
     for (p, &j) in others.iter().enumerate() {
         column[j] = p;
-        other_rows.extend_from_slice(row(centroids, d, j));
     }
+    let other_rows = gather_rows(centroids, d, &others);
     let m = others.len();
     rows.par_chunks(GEMM_BLOCK)
         .map(|block| {
-            let mut gathered = Vec::with_capacity(block.len() * d);
-            for &i in block {
-                gathered.extend_from_slice(row(data, d, i));
-            }
+            let gathered = gather_rows(data, d, block);
             let mut dots = vec![0f32; block.len() * m];
             cross_dots(&gathered, block.len(), &other_rows, m, d, &mut dots);
             block
@@ -490,11 +492,7 @@ fn kmeanspp_centroids(data: &[f32], n: usize, d: usize, k: usize, seed: u64) -> 
             }
         });
     }
-    let mut centroids = Vec::with_capacity(k * d);
-    for &p in &picks {
-        centroids.extend_from_slice(row(data, d, p));
-    }
-    centroids
+    gather_rows(data, d, &picks)
 }
 
 /// Ward's initial clusters, and the f32 dot products of every pair of units when they were

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,31 +264,33 @@ def modules_in_flight(compute: Compute) -> int:
 def _compressed_modules(
     ckpt: Checkpoint, plan: Plan, export: str, writers: dict[str, SafetensorsWriter], compute: Compute
 ) -> Iterator[tuple[ModulePlan, ModuleResult]]:
-    """Each module of the plan with its result, in plan order; with two in flight, the first
-    error in plan order stops the run (the other module in flight finishes first). Every
-    module's output depends on its own tensors only, so the files are the same either way."""
+    """Each module of the plan with its result, in plan order. With two in flight, the next
+    module starts as soon as either running one ends (a long module does not hold back the
+    start of the one after a short one), and results are kept until their turn; the first error
+    in plan order stops the run (no module starts after an error, the ones running finish
+    first). Every module's output depends on its own tensors only, and each is written at its
+    own place in the file, so the files are the same either way."""
     in_flight = modules_in_flight(compute)
     if in_flight == 1:
         for m in plan.modules:
             yield m, _compress_module(ckpt, plan.specs[m.name], m, plan, export, writers, compute)
         return
-    waiting = iter(plan.modules)
-    running: deque[tuple[ModulePlan, Future[ModuleResult]]] = deque()
+    futures: list[Future[ModuleResult]] = []
     with ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="compress") as pool:
-
-        def start_next() -> None:
-            m = next(waiting, None)
-            if m is not None:
-                spec = plan.specs[m.name]
-                running.append((m, pool.submit(_compress_module, ckpt, spec, m, plan, export, writers, compute)))
-
-        for _ in range(in_flight):
-            start_next()
-        while running:
-            m, future = running.popleft()
-            result = future.result()
-            start_next()
-            yield m, result
+        for turn, m in enumerate(plan.modules):
+            while True:
+                # one look at the futures: a module that ends after it is among those waited on
+                running = [f for f in futures if not f.done()]
+                failed = any(f.exception() is not None for f in futures if f not in running)
+                while not failed and len(running) < in_flight and len(futures) < len(plan.modules):
+                    nxt = plan.modules[len(futures)]
+                    spec = plan.specs[nxt.name]
+                    futures.append(pool.submit(_compress_module, ckpt, spec, nxt, plan, export, writers, compute))
+                    running.append(futures[-1])
+                if futures[turn].done():
+                    break
+                wait(running, return_when=FIRST_COMPLETED)
+            yield m, futures[turn].result()
 
 
 def _compress_module(

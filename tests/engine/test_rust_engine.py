@@ -90,6 +90,11 @@ def test_bad_arguments():
         clusterprune.kmeans(x, 2)
     with pytest.raises(InvalidArgumentError, match="unknown k-means init"):
         clusterprune.kmeans(np.ones((4, 3), dtype=np.float32), 2, init="random")
+    # finite but too long for the f32 distance products: refused, naming the unit
+    long = np.ones((200, 3), dtype=np.float32)
+    long[150, 0] = 1e19
+    with pytest.raises(InvalidArgumentError, match=r"unit 150 has squared norm 1\.000e38"):
+        clusterprune.kmeans(long, 150)
 
 
 def test_bf16_and_f16_conversions_match_numpy_reference():

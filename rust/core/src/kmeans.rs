@@ -14,7 +14,7 @@
 //!   every reduction runs in a fixed order: output is byte-identical for any number of threads.
 
 use crate::error::{invalid, CoreError, Result};
-use crate::linalg::{cross_dots, first_non_finite, sq_dist, sq_norm};
+use crate::linalg::{cross_dots, cross_dots_strided, first_non_finite, sq_dist, sq_norm};
 use crate::rng::SplitMix64;
 use rayon::prelude::*;
 
@@ -27,6 +27,8 @@ const ROW_BLOCK: usize = 128;
 const GEMM_BLOCK: usize = 512;
 /// Side of the square tiles in which a matrix's upper triangle is copied to its lower one.
 const MIRROR_TILE: usize = 64;
+/// Rows per step of the staircase in which Ward's pairwise GEMM covers a diagonal block.
+const STAIR_ROWS: usize = 128;
 
 /// The names [`Init::parse`] accepts, in the order the documentation lists them.
 pub const INIT_NAMES: [&str; 3] = ["auto", "kmeans++", "ward"];
@@ -142,7 +144,7 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
     };
     let mut centroids = vec![0f32; k * d];
     update_centroids(data, d, &assign, k, &mut centroids);
-    let mut own = own_distances(data, d, &centroids, &assign);
+    let mut own = distances_to_means(data, d, &centroids, &assign, k);
     let mut inertia: f64 = own.iter().sum();
     let mut history = vec![inertia];
     let mut n_iter = 0;
@@ -178,7 +180,7 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
             break;
         }
         update_centroids(data, d, &assign, k, &mut centroids);
-        own = own_distances(data, d, &centroids, &assign);
+        own = distances_to_means(data, d, &centroids, &assign, k);
         let next: f64 = own.iter().sum();
         n_iter += 1;
         history.push(next);
@@ -219,8 +221,24 @@ fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<()> {
             col: pos % d.max(1),
         });
     }
+    let too_long = (0..n)
+        .into_par_iter()
+        .map(|i| sq_norm(row(data, d, i)))
+        .position_first(|norm| norm > MAX_SQ_NORM);
+    if let Some(i) = too_long {
+        let norm = sq_norm(row(data, d, i));
+        return invalid(format!(
+            "unit {i} has squared norm {norm:.3e}, more than the f32 distance products can hold \
+             ({MAX_SQ_NORM:.3e})"
+        ));
+    }
     Ok(())
 }
+
+/// The largest squared norm of a unit: every dot product of two units, and every partial sum of
+/// one, is at most f32::MAX / 4 in magnitude (Cauchy-Schwarz), so every f32 GEMM value and every
+/// distance and Ward cost made from them is finite.
+const MAX_SQ_NORM: f64 = f32::MAX as f64 / 4.0;
 
 fn row(data: &[f32], d: usize, i: usize) -> &[f32] {
     &data[i * d..(i + 1) * d]
@@ -240,6 +258,33 @@ fn own_distances(data: &[f32], d: usize, centroids: &[f32], assign: &[u32]) -> V
     (0..assign.len())
         .into_par_iter()
         .map(|i| sq_dist(row(data, d, i), row(centroids, d, assign[i] as usize)))
+        .collect()
+}
+
+/// [`own_distances`] when each centroid is the mean of its members ([`update_centroids`]): a
+/// unit alone in its cluster is its centroid, at distance 0 (what the sum of its zero squared
+/// differences gives, bit for bit), without reading it.
+fn distances_to_means(
+    data: &[f32],
+    d: usize,
+    centroids: &[f32],
+    assign: &[u32],
+    k: usize,
+) -> Vec<f64> {
+    let mut size = vec![0usize; k];
+    for &a in assign {
+        size[a as usize] += 1;
+    }
+    (0..assign.len())
+        .into_par_iter()
+        .map(|i| {
+            let c = assign[i] as usize;
+            if size[c] == 1 {
+                0.0
+            } else {
+                sq_dist(row(data, d, i), row(centroids, d, c))
+            }
+        })
         .collect()
 }
 
@@ -503,25 +548,63 @@ struct WardInit {
 }
 
 /// Copies the upper triangle of the row-major `n x n` matrix `m` to its lower triangle, one
-/// square tile at a time (a plain column walk misses the cache on every value).
-fn mirror_upper<T: Copy>(m: &mut [T], n: usize) {
-    for ib in (0..n).step_by(MIRROR_TILE) {
-        for jb in (0..=ib).step_by(MIRROR_TILE) {
-            for i in ib..(ib + MIRROR_TILE).min(n) {
-                for j in jb..(jb + MIRROR_TILE).min(i) {
-                    m[i * n + j] = m[j * n + i];
+/// square tile at a time (a plain column walk misses the cache on every value), bands of tiles
+/// in parallel.
+fn mirror_upper<T: Copy + Send + Sync>(m: &mut [T], n: usize) {
+    /// The matrix's first value, shared by the tasks (see the SAFETY note below).
+    struct Base<T>(*mut T);
+    // SAFETY: the tasks write disjoint values and read only values that no task writes
+    unsafe impl<T: Send> Sync for Base<T> {}
+    assert_eq!(m.len(), n * n);
+    let base = Base(m.as_mut_ptr());
+    let base = &base;
+    (0..n.div_ceil(MIRROR_TILE))
+        .into_par_iter()
+        .for_each(|band| {
+            let ib = band * MIRROR_TILE;
+            for jb in (0..=ib).step_by(MIRROR_TILE) {
+                for i in ib..(ib + MIRROR_TILE).min(n) {
+                    for j in jb..(jb + MIRROR_TILE).min(i) {
+                        // SAFETY: i, j < n, so both values are within `m`; only this task writes
+                        // rows ib..ib + MIRROR_TILE, and only below the diagonal (j < i); every read
+                        // is above it (row j < i, column i), where nothing is written
+                        unsafe { *base.0.add(i * n + j) = *base.0.add(j * n + i) };
+                    }
                 }
             }
-        }
-    }
+        });
+}
+
+/// The dot products of every pair of the `n` rows of `data` (row-major `n x n`): the upper
+/// triangle by blocks of [`GEMM_BLOCK`] rows (each the rectangle right of its diagonal block,
+/// then the diagonal block as a staircase of [`STAIR_ROWS`] rows, so little below the diagonal
+/// is computed), then mirrored. Each value is the one [`cross_dots`] computes for that pair
+/// (a dot product's value does not depend on the call; x_i . x_j = x_j . x_i bit for bit).
+fn pairwise_dots(data: &[f32], n: usize, d: usize) -> Vec<f32> {
+    let mut dots = vec![0f32; n * n];
+    dots.par_chunks_mut(GEMM_BLOCK * n)
+        .enumerate()
+        .for_each(|(b, band)| {
+            let lo = b * GEMM_BLOCK;
+            let rows = band.len() / n;
+            let hi = lo + rows;
+            let block = &data[lo * d..hi * d];
+            cross_dots_strided(block, rows, &data[hi * d..], n - hi, d, &mut band[hi..], n);
+            for s in (0..rows).step_by(STAIR_ROWS) {
+                let (r, c0) = (STAIR_ROWS.min(rows - s), lo + s);
+                let stair = &data[c0 * d..(c0 + r) * d];
+                let out = &mut band[s * n + c0..];
+                cross_dots_strided(stair, r, &data[c0 * d..hi * d], hi - c0, d, out, n);
+            }
+        });
+    mirror_upper(&mut dots, n);
+    dots
 }
 
 /// Ward agglomeration from N singletons down to K clusters. The merge cost of clusters A and B
 /// is the rise in the sum of squares, |A||B|/(|A|+|B|) |c_A - c_B|^2, updated by the
 /// Lance-Williams recurrence. Returns cluster labels 0..K in order of each cluster's first unit.
 fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
-    let mut w = vec![0f64; n * n];
-    let mut pair_dots = None;
     if n <= ROW_BLOCK {
         // Few, long units (attention heads): exact f64 distances, one pair per task.
         let pairs: Vec<(usize, usize)> = (0..n)
@@ -531,51 +614,119 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
             .par_iter()
             .map(|&(i, j)| 0.5 * sq_dist(row(data, d, i), row(data, d, j)))
             .collect();
+        let mut w = vec![0f64; n * n];
         for (&(i, j), &c) in pairs.iter().zip(&costs) {
             w[i * n + j] = c;
         }
-        for i in 0..n {
-            w[i * n + i] = f64::INFINITY;
-        }
-    } else {
-        let norms: Vec<f64> = (0..n)
-            .into_par_iter()
-            .map(|i| sq_norm(row(data, d, i)))
-            .collect();
-        let mut all_dots = vec![0f32; n * n];
-        // Upper triangle of the pairwise costs, one block of rows at a time (GEMM), then mirrored.
-        w.par_chunks_mut(GEMM_BLOCK * n)
-            .zip(all_dots.par_chunks_mut(GEMM_BLOCK * n))
-            .enumerate()
-            .for_each(|(b, (out, kept))| {
-                let lo = b * GEMM_BLOCK;
-                let rows = out.len() / n;
-                let mut dots = vec![0f32; rows * (n - lo)];
-                cross_dots(
-                    &data[lo * d..(lo + rows) * d],
-                    rows,
-                    &data[lo * d..],
-                    n - lo,
-                    d,
-                    &mut dots,
-                );
-                for r in 0..rows {
-                    let i = lo + r;
-                    let computed = &dots[r * (n - lo) + (i - lo)..(r + 1) * (n - lo)];
-                    kept[r * n + i..(r + 1) * n].copy_from_slice(computed);
-                    for (j, &dot) in (i..n).zip(computed) {
-                        let d2 = (norms[i] + norms[j] - 2.0 * dot as f64).max(0.0);
-                        out[r * n + j] = if i == j { f64::INFINITY } else { 0.5 * d2 };
-                    }
-                }
-            });
-        mirror_upper(&mut all_dots, n);
-        pair_dots = Some(all_dots);
+        mirror_upper(&mut w, n);
+        return WardInit {
+            assign: ward_merge_unchecked(&DenseCosts { w, n }, n, k),
+            pair_dots: None,
+        };
     }
-    mirror_upper(&mut w, n);
+    let norms: Vec<f64> = (0..n)
+        .into_par_iter()
+        .map(|i| sq_norm(row(data, d, i)))
+        .collect();
+    let dots = pairwise_dots(data, n, d);
+    let costs = DotCosts {
+        dots: &dots,
+        norms: &norms,
+        n,
+    };
+    let assign = ward_merge_unchecked(&costs, n, k);
     WardInit {
-        assign: ward_merge_unchecked(w, n, k),
-        pair_dots,
+        assign,
+        pair_dots: Some(dots),
+    }
+}
+
+/// What merging two singletons costs, as Ward's merge loop reads it (i != j; the same value,
+/// bit for bit, for (i, j) and (j, i); finite).
+trait SingletonCosts: Sync {
+    fn cost(&self, i: usize, j: usize) -> f64;
+
+    /// Into `out`: i's cost to every j with `plain[j]`, +infinity for the others.
+    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>);
+}
+
+/// The first index of the least value (+infinity marks what is not a candidate; candidates'
+/// values are finite), and that value; (usize::MAX, +infinity) when there is no candidate. The
+/// minimum is taken over four lanes, then the first index holding it is looked for: the answer
+/// of a scan that keeps the first least value.
+fn first_least(values: &[f64]) -> (usize, f64) {
+    let mut lanes = [f64::INFINITY; 4];
+    let chunks = values.chunks_exact(4);
+    for &v in chunks.remainder() {
+        lanes[0] = if v < lanes[0] { v } else { lanes[0] };
+    }
+    for c in chunks {
+        for l in 0..4 {
+            lanes[l] = if c[l] < lanes[l] { c[l] } else { lanes[l] };
+        }
+    }
+    let best = lanes
+        .iter()
+        .fold(f64::INFINITY, |m, &v| if v < m { v } else { m });
+    match values.iter().position(|&v| v == best) {
+        Some(j) if best < f64::INFINITY => (j, best),
+        _ => (usize::MAX, f64::INFINITY),
+    }
+}
+
+/// The costs as a symmetric row-major `n x n` matrix.
+struct DenseCosts {
+    w: Vec<f64>,
+    n: usize,
+}
+
+impl SingletonCosts for DenseCosts {
+    #[inline]
+    fn cost(&self, i: usize, j: usize) -> f64 {
+        self.w[i * self.n + j]
+    }
+
+    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>) {
+        let w = &self.w[i * self.n..(i + 1) * self.n];
+        masked(w.iter().copied(), plain, out);
+    }
+}
+
+/// `out` = the values where `plain`, +infinity elsewhere.
+#[inline]
+fn masked(values: impl Iterator<Item = f64>, plain: &[bool], out: &mut Vec<f64>) {
+    out.clear();
+    out.extend(
+        values
+            .zip(plain)
+            .map(|(v, &p)| if p { v } else { f64::INFINITY }),
+    );
+}
+
+/// The costs from the units' pairwise dot products and squared norms: 0.5 |x_i - x_j|^2 =
+/// 0.5 max(|x_i|^2 + |x_j|^2 - 2 x_i . x_j, 0), computed when read (the sum of the norms is the
+/// same either way round, and so is the dot product).
+struct DotCosts<'a> {
+    dots: &'a [f32],
+    norms: &'a [f64],
+    n: usize,
+}
+
+impl SingletonCosts for DotCosts<'_> {
+    #[inline]
+    fn cost(&self, i: usize, j: usize) -> f64 {
+        let d2 = (self.norms[i] + self.norms[j] - 2.0 * self.dots[i * self.n + j] as f64).max(0.0);
+        0.5 * d2
+    }
+
+    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>) {
+        let (dots, ni) = (&self.dots[i * self.n..(i + 1) * self.n], self.norms[i]);
+        let pairs = self.norms.iter().zip(dots);
+        masked(
+            pairs.map(|(&nj, &dot)| 0.5 * (ni + nj - 2.0 * dot as f64).max(0.0)),
+            plain,
+            out,
+        );
     }
 }
 
@@ -607,29 +758,129 @@ pub fn ward_merge(mut costs: Vec<f64>, n: usize, k: usize) -> Result<Vec<u32>> {
         }
         costs[i * n + i] = f64::INFINITY;
     }
-    Ok(ward_merge_unchecked(costs, n, k))
+    Ok(ward_merge_unchecked(&DenseCosts { w: costs, n }, n, k))
 }
 
-/// The merge loop of Ward (costs symmetric, diagonal +inf).
-fn ward_merge_unchecked(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
-    let mut active = vec![true; n];
-    let mut size = vec![1f64; n];
-    let mut parent: Vec<usize> = (0..n).collect();
-    // the first active unit other than i of least cost in row i (ties: lowest index)
-    let nearest = |w: &[f64], active: &[bool], i: usize| -> (usize, f64) {
-        let mut best = (usize::MAX, f64::INFINITY);
-        for (j, (&v, &a)) in w[i * n..(i + 1) * n].iter().zip(active).enumerate() {
-            if a && j != i && (best.0 == usize::MAX || v < best.1) {
-                best = (j, v);
+/// The merge costs of the clusters that are left: a pair of singletons costs what `base` says;
+/// a pair with a merged cluster costs what the later merge of the two wrote into its own row
+/// (one row of costs per merged cluster, rewritten at its every merge: no column is ever
+/// written, and no N x N matrix is needed besides `base`).
+struct ClusterCosts<'a, C> {
+    base: &'a C,
+    /// When each cluster last absorbed another (0: never; increasing).
+    stamp: Vec<usize>,
+    rows: Vec<Option<Vec<f64>>>,
+    /// Left and never merged (a singleton).
+    plain: Vec<bool>,
+    /// The merged clusters that are left.
+    merged: Vec<usize>,
+}
+
+impl<C: SingletonCosts> ClusterCosts<'_, C> {
+    #[inline]
+    fn cost(&self, x: usize, y: usize) -> f64 {
+        let (sx, sy) = (self.stamp[x], self.stamp[y]);
+        if sx > sy {
+            self.row(x)[y]
+        } else if sy > sx {
+            self.row(y)[x]
+        } else {
+            self.base.cost(x, y) // both singletons (stamps are distinct once set)
+        }
+    }
+
+    #[inline]
+    fn row(&self, x: usize) -> &[f64] {
+        self.rows[x]
+            .as_deref()
+            .expect("a merged cluster has its row")
+    }
+
+    /// The cluster other than i that is left of least cost to i (ties: the lowest index): the
+    /// singletons by one scan, then the merged clusters.
+    fn nearest(&self, i: usize) -> (usize, f64) {
+        let mut costs = Vec::with_capacity(self.plain.len());
+        if self.stamp[i] == 0 {
+            self.base.plain_costs(i, &self.plain, &mut costs);
+        } else {
+            masked(self.row(i).iter().copied(), &self.plain, &mut costs);
+        }
+        costs[i] = f64::INFINITY;
+        let mut best = first_least(&costs);
+        for &j in &self.merged {
+            if j != i {
+                let v = if self.stamp[i] == 0 {
+                    self.row(j)[i]
+                } else {
+                    self.cost(i, j)
+                };
+                if v < best.1 || (v == best.1 && j < best.0) {
+                    best = (j, v);
+                }
             }
         }
         best
+    }
+
+    /// Cluster a absorbs b: a's row of costs by the Lance-Williams recurrence (from the costs
+    /// before the merge), b leaves. `size`: the clusters' sizes before the merge.
+    fn merge(&mut self, a: usize, b: usize, at: usize, size: &[f64], active: &[bool]) {
+        let n = size.len();
+        let (na, nb, wab) = (size[a], size[b], self.cost(a, b));
+        // where a's old row holds a cost, it is read before it is overwritten
+        let mut row_a = self.rows[a].take().unwrap_or_else(|| vec![0f64; n]);
+        let old = self.stamp[a];
+        let row_b = self.rows[b].as_deref();
+        for c in 0..n {
+            if !active[c] || c == a || c == b {
+                continue;
+            }
+            let (w_ac, w_bc) = if self.plain[c] {
+                // a singleton: the row of a or b where they are merged, else the base cost
+                let w_ac = if old > 0 {
+                    row_a[c]
+                } else {
+                    self.base.cost(a, c)
+                };
+                (w_ac, row_b.map_or_else(|| self.base.cost(b, c), |r| r[c]))
+            } else {
+                let w_ac = match self.stamp[c] {
+                    sc if old > sc => row_a[c],
+                    sc if sc > old => self.row(c)[a],
+                    _ => self.base.cost(a, c),
+                };
+                (w_ac, self.cost(b, c))
+            };
+            let nc = size[c];
+            row_a[c] = ((na + nc) * w_ac + (nb + nc) * w_bc - nc * wab) / (na + nb + nc);
+        }
+        self.rows[a] = Some(row_a);
+        self.stamp[a] = at;
+        self.rows[b] = None;
+        self.plain[a] = false;
+        self.plain[b] = false;
+        self.merged.retain(|&c| c != b);
+        if old == 0 {
+            self.merged.push(a);
+        }
+    }
+}
+
+/// The merge loop of Ward from the costs of the singletons.
+fn ward_merge_unchecked<C: SingletonCosts>(base: &C, n: usize, k: usize) -> Vec<u32> {
+    let mut active = vec![true; n];
+    let mut size = vec![1f64; n];
+    let mut parent: Vec<usize> = (0..n).collect();
+    let mut costs = ClusterCosts {
+        base,
+        stamp: vec![0; n],
+        rows: vec![None; n],
+        plain: vec![true; n],
+        merged: Vec::new(),
     };
-    let (mut nn, mut nnc): (Vec<usize>, Vec<f64>) = (0..n)
-        .into_par_iter()
-        .map(|i| nearest(&w, &active, i))
-        .unzip();
-    for _ in 0..(n - k) {
+    let (mut nn, mut nnc): (Vec<usize>, Vec<f64>) =
+        (0..n).into_par_iter().map(|i| costs.nearest(i)).unzip();
+    for at in 1..=(n - k) {
         let mut i = usize::MAX;
         for c in 0..n {
             if active[c] && (i == usize::MAX || nnc[c] < nnc[i]) {
@@ -638,31 +889,21 @@ fn ward_merge_unchecked(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
         }
         let j = nn[i];
         let (a, b) = (i.min(j), i.max(j));
-        let (na, nb, wab) = (size[a], size[b], w[a * n + b]);
-        for c in 0..n {
-            if !active[c] || c == a || c == b {
-                continue;
-            }
-            let nc = size[c];
-            let v =
-                ((na + nc) * w[a * n + c] + (nb + nc) * w[b * n + c] - nc * wab) / (na + nb + nc);
-            w[a * n + c] = v;
-            w[c * n + a] = v;
-        }
+        costs.merge(a, b, at, &size, &active);
         active[b] = false;
-        size[a] = na + nb;
+        size[a] += size[b];
         parent[b] = a;
-        (nn[a], nnc[a]) = nearest(&w, &active, a);
+        (nn[a], nnc[a]) = costs.nearest(a);
+        let row_a = costs.row(a);
         for c in 0..n {
             if !active[c] || c == a {
                 continue;
             }
             if nn[c] == a || nn[c] == b {
-                (nn[c], nnc[c]) = nearest(&w, &active, c);
-            } else if w[a * n + c] < nnc[c] || (w[a * n + c] == nnc[c] && a < nn[c]) {
-                // w[a * n + c] = w[c * n + a] (kept symmetric above), read along a row
+                (nn[c], nnc[c]) = costs.nearest(c);
+            } else if row_a[c] < nnc[c] || (row_a[c] == nnc[c] && a < nn[c]) {
                 nn[c] = a;
-                nnc[c] = w[a * n + c];
+                nnc[c] = row_a[c];
             }
         }
     }

@@ -51,19 +51,37 @@ pub(crate) fn first_non_finite(x: &[f32]) -> Option<usize> {
 /// `out[i * nb + j] = a_i . b_j` for the `ma` rows of `a` and the `nb` rows of `b`
 /// (both row-major with `d` columns), computed by one single-threaded f32 GEMM.
 pub(crate) fn cross_dots(a: &[f32], ma: usize, b: &[f32], nb: usize, d: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), ma * nb);
+    cross_dots_strided(a, ma, b, nb, d, out, nb);
+}
+
+/// [`cross_dots`] into rows `stride` apart: `out[i * stride + j] = a_i . b_j` (the values
+/// between the rows are left as they are). A dot product's value does not depend on where it is
+/// written nor on the shapes of the call.
+pub(crate) fn cross_dots_strided(
+    a: &[f32],
+    ma: usize,
+    b: &[f32],
+    nb: usize,
+    d: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
     assert_eq!(a.len(), ma * d);
     assert_eq!(b.len(), nb * d);
-    assert_eq!(out.len(), ma * nb);
     if ma == 0 || nb == 0 {
         return;
     }
+    assert!(stride >= nb && out.len() >= (ma - 1) * stride + nb);
     if d == 0 {
-        out.fill(0.0);
+        for r in out.chunks_mut(stride).take(ma) {
+            r[..nb].fill(0.0);
+        }
         return;
     }
     // SAFETY: the asserts above guarantee that every index the GEMM touches is in bounds:
     // a is ma x d (row stride d), b^T is read as d x nb (row stride 1, column stride d),
-    // out is ma x nb (row stride nb).
+    // out is ma x nb (row stride `stride` >= nb, last row ending within `out`).
     unsafe {
         matrixmultiply::sgemm(
             ma,
@@ -78,7 +96,7 @@ pub(crate) fn cross_dots(a: &[f32], ma: usize, b: &[f32], nb: usize, d: usize, o
             d as isize,
             0.0,
             out.as_mut_ptr(),
-            nb as isize,
+            stride as isize,
             1,
         );
     }
@@ -101,6 +119,36 @@ mod tests {
                     .map(|p| a[i * d + p] as f64 * b[j * d + p] as f64)
                     .sum();
                 assert!((out[i * 5 + j] as f64 - naive).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn strided_dots_are_the_packed_dots_and_leave_the_gaps() {
+        for (ma, nb, d, stride) in [
+            (3usize, 5usize, 7usize, 9usize),
+            (70, 40, 33, 41),
+            (4, 6, 0, 6),
+        ] {
+            let a: Vec<f32> = (0..ma * d).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..nb * d).map(|i| (i as f32 * 0.11).cos()).collect();
+            let mut packed = vec![0f32; ma * nb];
+            cross_dots(&a, ma, &b, nb, d, &mut packed);
+            let mut out = vec![-1f32; (ma - 1) * stride + nb];
+            cross_dots_strided(&a, ma, &b, nb, d, &mut out, stride);
+            for i in 0..ma {
+                for j in 0..stride {
+                    let at = i * stride + j;
+                    if j < nb {
+                        assert_eq!(
+                            out[at].to_bits(),
+                            packed[i * nb + j].to_bits(),
+                            "({i}, {j})"
+                        );
+                    } else if at < out.len() {
+                        assert_eq!(out[at], -1.0, "gap ({i}, {j}) written");
+                    }
+                }
             }
         }
     }

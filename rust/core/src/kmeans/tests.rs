@@ -262,6 +262,18 @@ fn bad_arguments_are_rejected_with_the_value() {
         kmeans(&bad, 4, 2, &KMeansConfig::new(2)).unwrap_err(),
         CoreError::NonFinite { row: 2, col: 1 }
     );
+    // finite, but too long for f32 dot products: refused, naming the unit; just inside: kept
+    let mut long = data.clone();
+    long[6] = 1e19;
+    let err = kmeans(&long, 4, 2, &KMeansConfig::new(2)).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("unit 3 has squared norm 1.000e38, more than"),
+        "{err}"
+    );
+    long[6] = 4e18;
+    long[7] = 0.0;
+    assert!(kmeans(&long, 4, 2, &KMeansConfig::new(2)).is_ok());
     assert!(Init::parse("nope").is_err());
     assert_eq!(Init::parse("ward").unwrap(), Init::Ward);
 }
@@ -303,6 +315,139 @@ fn ward_merge_from_a_cost_matrix_matches_ward_init() {
         for &l in &labels {
             assert!(l <= seen);
             seen = seen.max(l + 1);
+        }
+    }
+}
+
+/// The merge loop as first written: one dense N x N matrix, both triangles rewritten at every
+/// merge. The engine's loop (a row per merged cluster, costs of singletons read from `base`)
+/// must make the same merges.
+fn reference_ward_merge(mut w: Vec<f64>, n: usize, k: usize) -> Vec<u32> {
+    let mut active = vec![true; n];
+    let mut size = vec![1f64; n];
+    let mut parent: Vec<usize> = (0..n).collect();
+    let nearest = |w: &[f64], active: &[bool], i: usize| -> (usize, f64) {
+        let mut best = (usize::MAX, f64::INFINITY);
+        for j in 0..n {
+            if active[j] && j != i && (best.0 == usize::MAX || w[i * n + j] < best.1) {
+                best = (j, w[i * n + j]);
+            }
+        }
+        best
+    };
+    let (mut nn, mut nnc): (Vec<usize>, Vec<f64>) = (0..n).map(|i| nearest(&w, &active, i)).unzip();
+    for _ in 0..(n - k) {
+        let mut i = usize::MAX;
+        for c in 0..n {
+            if active[c] && (i == usize::MAX || nnc[c] < nnc[i]) {
+                i = c;
+            }
+        }
+        let (a, b) = (i.min(nn[i]), i.max(nn[i]));
+        let (na, nb, wab) = (size[a], size[b], w[a * n + b]);
+        for c in 0..n {
+            if active[c] && c != a && c != b {
+                let nc = size[c];
+                let v = ((na + nc) * w[a * n + c] + (nb + nc) * w[b * n + c] - nc * wab)
+                    / (na + nb + nc);
+                w[a * n + c] = v;
+                w[c * n + a] = v;
+            }
+        }
+        active[b] = false;
+        size[a] = na + nb;
+        parent[b] = a;
+        (nn[a], nnc[a]) = nearest(&w, &active, a);
+        for c in 0..n {
+            if !active[c] || c == a {
+                continue;
+            }
+            if nn[c] == a || nn[c] == b {
+                (nn[c], nnc[c]) = nearest(&w, &active, c);
+            } else if w[a * n + c] < nnc[c] || (w[a * n + c] == nnc[c] && a < nn[c]) {
+                nn[c] = a;
+                nnc[c] = w[a * n + c];
+            }
+        }
+    }
+    let mut label = vec![u32::MAX; n];
+    let mut next = 0u32;
+    (0..n)
+        .map(|i| {
+            let mut r = i;
+            while parent[r] != r {
+                r = parent[r];
+            }
+            if label[r] == u32::MAX {
+                label[r] = next;
+                next += 1;
+            }
+            label[r]
+        })
+        .collect()
+}
+
+/// Ward's merges from the pairwise dot products (the GEMM path) and from a dense matrix are the
+/// reference loop's, on random units, duplicates, all-zero units and coarse values (exact ties),
+/// from K = 1 to K = N.
+#[test]
+fn ward_merges_are_the_dense_reference_loops() {
+    let mut rng = SplitMix64::new(33);
+    for case in 0..30 {
+        let n = [2usize, 3, 17, 129, 300][case % 5];
+        let d = [1usize, 4, 33][case % 3];
+        let mut data = random_matrix(n, d, 500 + case as u64);
+        match case % 4 {
+            1 => {
+                for i in (0..n).step_by(2) {
+                    let src = row(&data, d, 0).to_vec();
+                    data[i * d..(i + 1) * d].copy_from_slice(&src);
+                }
+            }
+            2 => data.iter_mut().take(n * d / 2).for_each(|v| *v = 0.0),
+            3 => data.iter_mut().for_each(|v| *v = (*v * 2.0).round()),
+            _ => {}
+        }
+        let norms: Vec<f64> = (0..n).map(|i| sq_norm(row(&data, d, i))).collect();
+        let dots = pairwise_dots(&data, n, d);
+        let from_dots = DotCosts {
+            dots: &dots,
+            norms: &norms,
+            n,
+        };
+        let dense: Vec<f64> = (0..n * n)
+            .map(|p| {
+                if p / n == p % n {
+                    f64::INFINITY
+                } else {
+                    from_dots.cost(p / n, p % n)
+                }
+            })
+            .collect();
+        for k in [1, 1 + rng.below(n), n / 2 + 1, n - 1, n] {
+            let k = k.clamp(1, n);
+            let want = reference_ward_merge(dense.clone(), n, k);
+            assert_eq!(
+                ward_merge_unchecked(&from_dots, n, k),
+                want,
+                "case {case} n={n} k={k}"
+            );
+            let matrix = DenseCosts {
+                w: dense.clone(),
+                n,
+            };
+            assert_eq!(
+                ward_merge_unchecked(&matrix, n, k),
+                want,
+                "dense, case {case} k={k}"
+            );
+        }
+        if n > ROW_BLOCK {
+            let k = n / 2 + 1;
+            assert_eq!(
+                ward_assignments(&data, n, d, k).assign,
+                reference_ward_merge(dense, n, k)
+            );
         }
     }
 }
@@ -448,5 +593,33 @@ fn mirroring_copies_the_upper_triangle_for_every_size() {
                 assert_eq!(m[i * n + j], (a * n + b) as u64, "n={n} ({i}, {j})");
             }
         }
+    }
+}
+
+#[test]
+fn distances_to_means_are_the_distances_computed_in_full() {
+    let mut rng = SplitMix64::new(8);
+    for case in 0..12 {
+        let (n, d) = (50 + rng.below(200), [1usize, 3, 40][case % 3]);
+        let mut data = random_matrix(n, d, 900 + case as u64);
+        if case % 2 == 1 {
+            data.iter_mut().take(n * d / 3).for_each(|v| *v = 0.0); // all-zero units
+        }
+        let k = 1 + rng.below(n);
+        // one-unit clusters, larger ones and (for some) empty ones
+        let assign: Vec<u32> = (0..n)
+            .map(|i| if i < k { i as u32 } else { rng.below(k) as u32 })
+            .map(|a| if case % 4 == 0 { a / 2 } else { a })
+            .collect();
+        let mut centroids = vec![0f32; k * d];
+        update_centroids(&data, d, &assign, k, &mut centroids);
+        let full = own_distances(&data, d, &centroids, &assign);
+        let skipped = distances_to_means(&data, d, &centroids, &assign, k);
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&skipped),
+            bits(&full),
+            "case {case}: n={n} d={d} k={k}"
+        );
     }
 }

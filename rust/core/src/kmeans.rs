@@ -807,6 +807,13 @@ impl<C: SingletonCosts> ClusterCosts<'_, C> {
         }
         costs[i] = f64::INFINITY;
         let mut best = first_least(&costs);
+        if best.0 == usize::MAX {
+            // no single unit below +infinity: the first one, as a scan that takes the first
+            // value it meets (costs overflow only from a caller's matrix of huge values)
+            if let Some(j) = (0..costs.len()).find(|&j| j != i && self.plain[j]) {
+                best = (j, costs[j]);
+            }
+        }
         for &j in &self.merged {
             if j != i {
                 let v = if self.stamp[i] == 0 {

@@ -452,6 +452,25 @@ fn ward_merges_are_the_dense_reference_loops() {
     }
 }
 
+/// Costs that overflow to +infinity (a caller's matrix of huge values): the merges are still
+/// the reference loop's, which takes the first cluster it meets when none is below infinity.
+#[test]
+fn ward_merges_past_infinite_costs_are_the_reference_loops() {
+    let n = 4;
+    let mut w = vec![f64::INFINITY; n * n];
+    w[1] = 1.0; // (0, 1)
+    w[n] = 1.0; // (1, 0)
+    for k in [2, 3] {
+        let want = reference_ward_merge(w.clone(), n, k);
+        let got = ward_merge_unchecked(&DenseCosts { w: w.clone(), n }, n, k);
+        assert_eq!(got, want, "k={k}");
+    }
+    assert_eq!(
+        ward_merge_unchecked(&DenseCosts { w, n }, n, 2),
+        vec![0, 0, 0, 1]
+    );
+}
+
 #[test]
 fn ward_merge_rejects_bad_matrices() {
     assert!(ward_merge(vec![0.0; 8], 3, 2).is_err());

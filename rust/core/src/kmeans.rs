@@ -648,6 +648,30 @@ trait SingletonCosts: Sync {
 
     /// Into `out`: i's cost to every j with `plain[j]`, +infinity for the others.
     fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>);
+
+    /// The first j != i with `plain[j]` of least cost to i, and that cost ((usize::MAX,
+    /// +infinity) when there is none): [`least_candidate`] of [`Self::plain_costs`].
+    fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64) {
+        let mut costs = Vec::with_capacity(plain.len());
+        self.plain_costs(i, plain, &mut costs);
+        least_candidate(i, plain, &mut costs)
+    }
+}
+
+/// The first j != i with `plain[j]` of least `costs[j]` (+infinity where not `plain`), and that
+/// cost: the least finite one, else the first candidate, as a scan that takes the first value it
+/// meets and then only lower ones; (usize::MAX, +infinity) when there is no candidate.
+fn least_candidate(i: usize, plain: &[bool], costs: &mut [f64]) -> (usize, f64) {
+    costs[i] = f64::INFINITY;
+    let best = first_least(costs);
+    if best.0 != usize::MAX {
+        return best;
+    }
+    // no candidate below +infinity (costs overflow only from a caller's matrix of huge values)
+    match (0..costs.len()).find(|&j| j != i && plain[j]) {
+        Some(j) => (j, costs[j]),
+        None => best,
+    }
 }
 
 /// The first index of the least value (+infinity marks what is not a candidate; candidates'
@@ -715,19 +739,120 @@ struct DotCosts<'a> {
 impl SingletonCosts for DotCosts<'_> {
     #[inline]
     fn cost(&self, i: usize, j: usize) -> f64 {
-        let d2 = (self.norms[i] + self.norms[j] - 2.0 * self.dots[i * self.n + j] as f64).max(0.0);
-        0.5 * d2
+        half_d2(self.norms[i], self.norms[j], self.dots[i * self.n + j])
     }
 
     fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>) {
         let (dots, ni) = (&self.dots[i * self.n..(i + 1) * self.n], self.norms[i]);
         let pairs = self.norms.iter().zip(dots);
-        masked(
-            pairs.map(|(&nj, &dot)| 0.5 * (ni + nj - 2.0 * dot as f64).max(0.0)),
-            plain,
-            out,
-        );
+        masked(pairs.map(|(&nj, &dot)| half_d2(ni, nj, dot)), plain, out);
     }
+
+    /// The provided method's answer without a row of costs in memory: the least cost on each
+    /// side of i, four lanes at a time, then the first j that has it (each cost computed again
+    /// by the same expression, so the same value).
+    fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64) {
+        let (dots, ni) = (&self.dots[i * self.n..(i + 1) * self.n], self.norms[i]);
+        let norms = &self.norms[..self.n];
+        let side = |r: std::ops::Range<usize>| {
+            lane_least(ni, &norms[r.clone()], &dots[r.clone()], &plain[r])
+        };
+        let (left, right) = (side(0..i), side(i + 1..self.n));
+        let best = if right < left { right } else { left };
+        if best < f64::INFINITY {
+            let find = |r: std::ops::Range<usize>| {
+                let at = lane_find(
+                    ni,
+                    &norms[r.clone()],
+                    &dots[r.clone()],
+                    &plain[r.clone()],
+                    best,
+                );
+                at.map(|p| r.start + p)
+            };
+            let at = find(0..i).or_else(|| find(i + 1..self.n));
+            return (at.expect("the least cost is some candidate's"), best);
+        }
+        match (0..self.n).find(|&j| j != i && plain[j]) {
+            Some(j) => (j, half_d2(ni, norms[j], dots[j])),
+            None => (usize::MAX, f64::INFINITY),
+        }
+    }
+}
+
+/// 0.5 max(|x_i|^2 + |x_j|^2 - 2 x_i . x_j, 0): half the squared distance of two units.
+#[inline]
+fn half_d2(ni: f64, nj: f64, dot: f32) -> f64 {
+    0.5 * (ni + nj - 2.0 * dot as f64).max(0.0)
+}
+
+/// [`half_d2`] where `plain`, +infinity elsewhere. A cost is >= +0, so raising it to +infinity,
+/// or to +0, masks it without a branch.
+#[inline]
+fn masked_half_d2(ni: f64, nj: f64, dot: f32, plain: bool) -> f64 {
+    const FLOOR: [f64; 2] = [f64::INFINITY, 0.0];
+    let (c, floor) = (half_d2(ni, nj, dot), FLOOR[plain as usize]);
+    if c > floor {
+        c
+    } else {
+        floor
+    }
+}
+
+/// The least [`masked_half_d2`] over the slices (+infinity when no value is `plain`), four lanes
+/// at a time.
+#[inline]
+fn lane_least(ni: f64, norms: &[f64], dots: &[f32], plain: &[bool]) -> f64 {
+    let mut lanes = [f64::INFINITY; 4];
+    let (n4, d4, p4) = (
+        norms.chunks_exact(4),
+        dots.chunks_exact(4),
+        plain.chunks_exact(4),
+    );
+    let tail = n4
+        .remainder()
+        .iter()
+        .zip(d4.remainder())
+        .zip(p4.remainder());
+    for ((&nj, &dot), &p) in tail {
+        let v = masked_half_d2(ni, nj, dot, p);
+        lanes[0] = if v < lanes[0] { v } else { lanes[0] };
+    }
+    for ((nj, dot), p) in n4.zip(d4).zip(p4) {
+        for l in 0..4 {
+            let v = masked_half_d2(ni, nj[l], dot[l], p[l]);
+            lanes[l] = if v < lanes[l] { v } else { lanes[l] };
+        }
+    }
+    lanes
+        .iter()
+        .fold(f64::INFINITY, |m, &v| if v < m { v } else { m })
+}
+
+/// The first position in the slices whose [`masked_half_d2`] is `value`, four at a time.
+#[inline]
+fn lane_find(ni: f64, norms: &[f64], dots: &[f32], plain: &[bool], value: f64) -> Option<usize> {
+    let (n4, d4, p4) = (
+        norms.chunks_exact(4),
+        dots.chunks_exact(4),
+        plain.chunks_exact(4),
+    );
+    let body = n4.len() * 4;
+    let tail = n4
+        .remainder()
+        .iter()
+        .zip(d4.remainder())
+        .zip(p4.remainder());
+    for (c, ((nj, dot), p)) in n4.zip(d4).zip(p4).enumerate() {
+        let hit: [bool; 4] =
+            std::array::from_fn(|l| masked_half_d2(ni, nj[l], dot[l], p[l]) == value);
+        if hit.iter().any(|&h| h) {
+            return hit.iter().position(|&h| h).map(|l| c * 4 + l);
+        }
+    }
+    tail.into_iter()
+        .position(|((&nj, &dot), &p)| masked_half_d2(ni, nj, dot, p) == value)
+        .map(|t| body + t)
 }
 
 /// Ward agglomeration from a precomputed cost matrix: `costs` is the row-major N x N matrix of
@@ -799,21 +924,13 @@ impl<C: SingletonCosts> ClusterCosts<'_, C> {
     /// The cluster other than i that is left of least cost to i (ties: the lowest index): the
     /// singletons by one scan, then the merged clusters.
     fn nearest(&self, i: usize) -> (usize, f64) {
-        let mut costs = Vec::with_capacity(self.plain.len());
-        if self.stamp[i] == 0 {
-            self.base.plain_costs(i, &self.plain, &mut costs);
+        let mut best = if self.stamp[i] == 0 {
+            self.base.nearest_plain(i, &self.plain)
         } else {
+            let mut costs = Vec::with_capacity(self.plain.len());
             masked(self.row(i).iter().copied(), &self.plain, &mut costs);
-        }
-        costs[i] = f64::INFINITY;
-        let mut best = first_least(&costs);
-        if best.0 == usize::MAX {
-            // no single unit below +infinity: the first one, as a scan that takes the first
-            // value it meets (costs overflow only from a caller's matrix of huge values)
-            if let Some(j) = (0..costs.len()).find(|&j| j != i && self.plain[j]) {
-                best = (j, costs[j]);
-            }
-        }
+            least_candidate(i, &self.plain, &mut costs)
+        };
         for &j in &self.merged {
             if j != i {
                 let v = if self.stamp[i] == 0 {

@@ -642,3 +642,36 @@ fn distances_to_means_are_the_distances_computed_in_full() {
         );
     }
 }
+
+/// The fused nearest-singleton pass of the dot-product costs answers what the plain scan of a
+/// row of costs answers, for every unit, every remainder of four on both sides of it, masks
+/// with few or no candidates, and exact ties (coarse values).
+#[test]
+fn the_fused_nearest_pass_is_the_row_scans() {
+    let mut rng = SplitMix64::new(61);
+    for case in 0..40 {
+        let (n, d) = (2 + case % 13, 1 + case % 3);
+        let mut data = random_matrix(n, d, 700 + case as u64);
+        if case % 2 == 0 {
+            data.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // equal costs
+        }
+        let norms: Vec<f64> = (0..n).map(|i| sq_norm(row(&data, d, i))).collect();
+        let dots = pairwise_dots(&data, n, d);
+        let costs = DotCosts {
+            dots: &dots,
+            norms: &norms,
+            n,
+        };
+        let plain: Vec<bool> = (0..n).map(|_| rng.below(4) > case % 4).collect();
+        for i in 0..n {
+            let mut row_costs = Vec::new();
+            costs.plain_costs(i, &plain, &mut row_costs);
+            let want = least_candidate(i, &plain, &mut row_costs);
+            assert_eq!(
+                costs.nearest_plain(i, &plain),
+                want,
+                "case {case} n={n} i={i}"
+            );
+        }
+    }
+}

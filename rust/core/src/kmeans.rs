@@ -114,7 +114,7 @@ pub struct KMeansResult {
 
 /// Runs k-means on the `n` rows (units) of the row-major `n x d` matrix `data`.
 pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KMeansResult> {
-    validate(data, n, d, cfg.k)?;
+    let norms = validate(data, n, d, cfg.k)?;
     let k = cfg.k;
     let init = cfg.init.resolve(n, k);
     if k == n {
@@ -131,7 +131,7 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
     // Ward's pairwise dot products, when it computed them, serve the first Lloyd step
     let (mut assign, mut pair_dots) = match init {
         Init::Ward => {
-            let ward = ward_assignments(data, n, d, k);
+            let ward = ward_assignments(data, &norms, d, k);
             (ward.assign, ward.pair_dots)
         }
         _ => {
@@ -202,7 +202,8 @@ pub fn kmeans(data: &[f32], n: usize, d: usize, cfg: &KMeansConfig) -> Result<KM
     })
 }
 
-fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<()> {
+/// Checks the arguments and the units; returns every unit's squared norm.
+fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<Vec<f64>> {
     if n == 0 {
         return invalid("k-means needs at least one unit (N = 0)");
     }
@@ -221,18 +222,23 @@ fn validate(data: &[f32], n: usize, d: usize, k: usize) -> Result<()> {
             col: pos % d.max(1),
         });
     }
-    let too_long = (0..n)
-        .into_par_iter()
-        .map(|i| sq_norm(row(data, d, i)))
-        .position_first(|norm| norm > MAX_SQ_NORM);
-    if let Some(i) = too_long {
-        let norm = sq_norm(row(data, d, i));
+    let norms = sq_norms(data, n, d);
+    if let Some(i) = norms.iter().position(|&norm| norm > MAX_SQ_NORM) {
         return invalid(format!(
-            "unit {i} has squared norm {norm:.3e}, more than the f32 distance products can hold \
-             ({MAX_SQ_NORM:.3e})"
+            "unit {i} has squared norm {:.3e}, more than the f32 distance products can hold \
+             ({MAX_SQ_NORM:.3e})",
+            norms[i]
         ));
     }
-    Ok(())
+    Ok(norms)
+}
+
+/// The squared norm of each of the `n` rows of `data`, in f64.
+fn sq_norms(data: &[f32], n: usize, d: usize) -> Vec<f64> {
+    (0..n)
+        .into_par_iter()
+        .map(|i| sq_norm(row(data, d, i)))
+        .collect()
 }
 
 /// The largest squared norm of a unit: every dot product of two units, and every partial sum of
@@ -603,8 +609,10 @@ fn pairwise_dots(data: &[f32], n: usize, d: usize) -> Vec<f32> {
 
 /// Ward agglomeration from N singletons down to K clusters. The merge cost of clusters A and B
 /// is the rise in the sum of squares, |A||B|/(|A|+|B|) |c_A - c_B|^2, updated by the
-/// Lance-Williams recurrence. Returns cluster labels 0..K in order of each cluster's first unit.
-fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
+/// Lance-Williams recurrence. `norms`: the units' squared norms ([`sq_norms`]), one per unit.
+/// Returns cluster labels 0..K in order of each cluster's first unit.
+fn ward_assignments(data: &[f32], norms: &[f64], d: usize, k: usize) -> WardInit {
+    let n = norms.len();
     if n <= ROW_BLOCK {
         // Few, long units (attention heads): exact f64 distances, one pair per task.
         let pairs: Vec<(usize, usize)> = (0..n)
@@ -624,14 +632,10 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
             pair_dots: None,
         };
     }
-    let norms: Vec<f64> = (0..n)
-        .into_par_iter()
-        .map(|i| sq_norm(row(data, d, i)))
-        .collect();
     let dots = pairwise_dots(data, n, d);
     let costs = DotCosts {
         dots: &dots,
-        norms: &norms,
+        norms,
         n,
     };
     let assign = ward_merge_unchecked(&costs, n, k);
@@ -646,32 +650,32 @@ fn ward_assignments(data: &[f32], n: usize, d: usize, k: usize) -> WardInit {
 trait SingletonCosts: Sync {
     fn cost(&self, i: usize, j: usize) -> f64;
 
-    /// Into `out`: i's cost to every j with `plain[j]`, +infinity for the others.
-    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>);
-
     /// The first j != i with `plain[j]` of least cost to i, and that cost ((usize::MAX,
-    /// +infinity) when there is none): [`least_candidate`] of [`Self::plain_costs`].
-    fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64) {
-        let mut costs = Vec::with_capacity(plain.len());
-        self.plain_costs(i, plain, &mut costs);
-        least_candidate(i, plain, &mut costs)
-    }
+    /// +infinity) when there is none): what [`nearest_in_row`] answers for i's row of costs.
+    fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64);
 }
 
-/// The first j != i with `plain[j]` of least `costs[j]` (+infinity where not `plain`), and that
-/// cost: the least finite one, else the first candidate, as a scan that takes the first value it
-/// meets and then only lower ones; (usize::MAX, +infinity) when there is no candidate.
-fn least_candidate(i: usize, plain: &[bool], costs: &mut [f64]) -> (usize, f64) {
+/// The first j != i with `plain[j]` of least `row[j]`, and that cost: the least finite one, else
+/// the first candidate, as a scan that takes the first value it meets and then only lower ones;
+/// (usize::MAX, +infinity) when there is no candidate.
+fn nearest_in_row(i: usize, row: &[f64], plain: &[bool]) -> (usize, f64) {
+    let mut costs: Vec<f64> = row
+        .iter()
+        .zip(plain)
+        .map(|(&v, &p)| if p { v } else { f64::INFINITY })
+        .collect();
     costs[i] = f64::INFINITY;
-    let best = first_least(costs);
+    let best = first_least(&costs);
     if best.0 != usize::MAX {
         return best;
     }
     // no candidate below +infinity (costs overflow only from a caller's matrix of huge values)
-    match (0..costs.len()).find(|&j| j != i && plain[j]) {
-        Some(j) => (j, costs[j]),
-        None => best,
-    }
+    first_candidate(i, plain).map_or(best, |j| (j, row[j]))
+}
+
+/// The first j != i with `plain[j]`.
+fn first_candidate(i: usize, plain: &[bool]) -> Option<usize> {
+    (0..plain.len()).find(|&j| j != i && plain[j])
 }
 
 /// The first index of the least value (+infinity marks what is not a candidate; candidates'
@@ -710,21 +714,9 @@ impl SingletonCosts for DenseCosts {
         self.w[i * self.n + j]
     }
 
-    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>) {
-        let w = &self.w[i * self.n..(i + 1) * self.n];
-        masked(w.iter().copied(), plain, out);
+    fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64) {
+        nearest_in_row(i, &self.w[i * self.n..(i + 1) * self.n], plain)
     }
-}
-
-/// `out` = the values where `plain`, +infinity elsewhere.
-#[inline]
-fn masked(values: impl Iterator<Item = f64>, plain: &[bool], out: &mut Vec<f64>) {
-    out.clear();
-    out.extend(
-        values
-            .zip(plain)
-            .map(|(v, &p)| if p { v } else { f64::INFINITY }),
-    );
 }
 
 /// The costs from the units' pairwise dot products and squared norms: 0.5 |x_i - x_j|^2 =
@@ -742,13 +734,7 @@ impl SingletonCosts for DotCosts<'_> {
         half_d2(self.norms[i], self.norms[j], self.dots[i * self.n + j])
     }
 
-    fn plain_costs(&self, i: usize, plain: &[bool], out: &mut Vec<f64>) {
-        let (dots, ni) = (&self.dots[i * self.n..(i + 1) * self.n], self.norms[i]);
-        let pairs = self.norms.iter().zip(dots);
-        masked(pairs.map(|(&nj, &dot)| half_d2(ni, nj, dot)), plain, out);
-    }
-
-    /// The provided method's answer without a row of costs in memory: the least cost on each
+    /// Without a row of costs in memory: the least cost on each
     /// side of i, four lanes at a time, then the first j that has it (each cost computed again
     /// by the same expression, so the same value).
     fn nearest_plain(&self, i: usize, plain: &[bool]) -> (usize, f64) {
@@ -773,7 +759,7 @@ impl SingletonCosts for DotCosts<'_> {
             let at = find(0..i).or_else(|| find(i + 1..self.n));
             return (at.expect("the least cost is some candidate's"), best);
         }
-        match (0..self.n).find(|&j| j != i && plain[j]) {
+        match first_candidate(i, plain) {
             Some(j) => (j, half_d2(ni, norms[j], dots[j])),
             None => (usize::MAX, f64::INFINITY),
         }
@@ -927,9 +913,7 @@ impl<C: SingletonCosts> ClusterCosts<'_, C> {
         let mut best = if self.stamp[i] == 0 {
             self.base.nearest_plain(i, &self.plain)
         } else {
-            let mut costs = Vec::with_capacity(self.plain.len());
-            masked(self.row(i).iter().copied(), &self.plain, &mut costs);
-            least_candidate(i, &self.plain, &mut costs)
+            nearest_in_row(i, self.row(i), &self.plain)
         };
         for &j in &self.merged {
             if j != i {

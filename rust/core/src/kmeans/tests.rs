@@ -304,7 +304,7 @@ fn ward_merge_from_a_cost_matrix_matches_ward_init() {
             }
         }
         let labels = ward_merge(costs, n, k).unwrap();
-        let engine = ward_assignments(&data, n, d, k).assign;
+        let engine = ward_assignments(&data, &sq_norms(&data, n, d), d, k).assign;
         if n <= ROW_BLOCK {
             assert_eq!(labels, engine, "n={n}");
         }
@@ -408,7 +408,7 @@ fn ward_merges_are_the_dense_reference_loops() {
             3 => data.iter_mut().for_each(|v| *v = (*v * 2.0).round()),
             _ => {}
         }
-        let norms: Vec<f64> = (0..n).map(|i| sq_norm(row(&data, d, i))).collect();
+        let norms = sq_norms(&data, n, d);
         let dots = pairwise_dots(&data, n, d);
         let from_dots = DotCosts {
             dots: &dots,
@@ -445,7 +445,7 @@ fn ward_merges_are_the_dense_reference_loops() {
         if n > ROW_BLOCK {
             let k = n / 2 + 1;
             assert_eq!(
-                ward_assignments(&data, n, d, k).assign,
+                ward_assignments(&data, &norms, d, k).assign,
                 reference_ward_merge(dense, n, k)
             );
         }
@@ -539,7 +539,7 @@ fn wards_pair_dots_are_the_dots_the_distance_step_computes() {
         (1030, 33, 4),
     ] {
         let data = random_matrix(n, d, seed);
-        let dots = ward_assignments(&data, n, d, n / 2 + 1)
+        let dots = ward_assignments(&data, &sq_norms(&data, n, d), d, n / 2 + 1)
             .pair_dots
             .expect("GEMM pairwise step above ROW_BLOCK units");
         let mut direct = vec![0f32; n * n];
@@ -554,8 +554,9 @@ fn wards_pair_dots_are_the_dots_the_distance_step_computes() {
             }
         }
     }
+    let small = random_matrix(ROW_BLOCK, 3, 5);
     assert!(
-        ward_assignments(&random_matrix(ROW_BLOCK, 3, 5), ROW_BLOCK, 3, 70)
+        ward_assignments(&small, &sq_norms(&small, ROW_BLOCK, 3), 3, 70)
             .pair_dots
             .is_none()
     );
@@ -655,7 +656,7 @@ fn the_fused_nearest_pass_is_the_row_scans() {
         if case % 2 == 0 {
             data.iter_mut().for_each(|v| *v = (*v * 2.0).round()); // equal costs
         }
-        let norms: Vec<f64> = (0..n).map(|i| sq_norm(row(&data, d, i))).collect();
+        let norms = sq_norms(&data, n, d);
         let dots = pairwise_dots(&data, n, d);
         let costs = DotCosts {
             dots: &dots,
@@ -664,9 +665,8 @@ fn the_fused_nearest_pass_is_the_row_scans() {
         };
         let plain: Vec<bool> = (0..n).map(|_| rng.below(4) > case % 4).collect();
         for i in 0..n {
-            let mut row_costs = Vec::new();
-            costs.plain_costs(i, &plain, &mut row_costs);
-            let want = least_candidate(i, &plain, &mut row_costs);
+            let row: Vec<f64> = (0..n).map(|j| costs.cost(i, j)).collect();
+            let want = nearest_in_row(i, &row, &plain);
             assert_eq!(
                 costs.nearest_plain(i, &plain),
                 want,
